@@ -1,0 +1,45 @@
+# The README's two commands:
+#   make lab    set everything up, then open the course in JupyterLab (127.0.0.1, token auth on)
+#   make test   set everything up, then run the whole test suite, the lessons included
+# Both install into a virtual environment, .venv, and reinstall only when pyproject.toml or
+# this file changes.
+
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch 2.13.0 is all the course needs (on Linux, PyPI's plain torch is a
+# multi-GB CUDA build). To use a GPU, set TORCH to the build for your CUDA, e.g.
+# `make lab TORCH=torch`; kdlearn itself works with any torch >= 2.1.
+TORCH ?= torch==2.13.0
+JUPYTER_PORT ?= 8888
+
+BIN := $(VENV)/bin
+
+.PHONY: lab test setup lessons clean
+
+lab: $(VENV)/.course
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(JUPYTER_PORT) --ServerApp.root_dir=lessons
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest
+
+setup: $(VENV)/.dev
+
+# Rerun every reference lesson and regenerate the learner versions (instructors, after editing solutions/).
+lessons: $(VENV)/.dev
+	$(BIN)/python -m kdlearn.course build
+
+$(VENV)/.torch: Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	touch $@
+
+$(VENV)/.course: $(VENV)/.torch pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[course]"
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.course
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+clean:
+	rm -rf $(VENV)
