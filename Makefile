@@ -13,11 +13,13 @@ TORCH ?= torch==2.13.0
 JUPYTER_PORT ?= 8888
 
 BIN := $(VENV)/bin
+# Jupyter refuses to start as root unless told; containers and cloud machines often run as root.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: lab test setup lessons clean
 
 lab: $(VENV)/.course
-	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(JUPYTER_PORT) --ServerApp.root_dir=lessons
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(JUPYTER_PORT) --ServerApp.root_dir=lessons $(ALLOW_ROOT)
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest

@@ -114,11 +114,11 @@ class Exercise:
 def show(x, digits: int = 4) -> str:
     """A short, stable text for a tensor or number, for verdicts."""
     if isinstance(x, torch.Tensor):
-        values = x.detach().to(torch.float64).cpu()
-        if values.dim() == 0:
-            return f"{values.item():.{digits}g}"
-        return str([round(v, digits) if v == v else float("nan") for v in values.flatten().tolist()][:8]) + (
-            " ..." if values.numel() > 8 else "")
+        values = x.detach().cpu().flatten().tolist()
+        if x.dim() == 0:
+            return f"{values[0]:.{digits}g}"
+        shown = ", ".join(f"{v:.{digits}g}" for v in values[:8])
+        return f"[{shown}{', ...' if len(values) > 8 else ''}]"
     if isinstance(x, float):
         return f"{x:.{digits}g}"
     return repr(x)
