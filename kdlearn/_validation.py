@@ -7,7 +7,7 @@ learner or a practitioner reads the fix in the message instead of a traceback de
 from __future__ import annotations
 
 import math
-from numbers import Real
+from numbers import Integral, Real
 
 import torch
 
@@ -76,6 +76,8 @@ def valid_rows(logits: torch.Tensor, labels, ignore_index: int, mask) -> torch.T
     """The boolean (...) tensor of positions that count: not ignored by labels, not masked out."""
     rows = tuple(logits.shape[:-1])
     valid = torch.ones(rows, dtype=torch.bool, device=logits.device)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, Integral):
+        raise ValueError(f"ignore_index must be an integer, got {ignore_index!r}")
     if labels is not None:
         if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex() \
                 or labels.dtype == torch.bool:
@@ -87,6 +89,9 @@ def valid_rows(logits: torch.Tensor, labels, ignore_index: int, mask) -> torch.T
             )
         if labels.device != logits.device:
             raise ValueError(f"labels must be on the logits' device {logits.device}, got {labels.device}")
+        # Compare in int64: in a narrower dtype, ignore_index would wrap (-100 is 156 in uint8)
+        # and silently leave out a row that counts.
+        labels = labels.long()
         valid = labels != ignore_index
         vocab = logits.shape[-1]
         out_of_range = valid & ((labels < 0) | (labels >= vocab))

@@ -147,7 +147,7 @@ def kd_loss(
         soft = _kl_rows(_log_probs(teacher, T), _log_probs(student, T))
         terms.append(alpha * (T * T if t_squared else 1.0) * soft)
     if alpha < 1.0:
-        safe_labels = torch.where(valid, labels, 0)
+        safe_labels = torch.where(valid, labels.long(), 0)  # gather takes int64 indices only
         hard = -_log_probs(student, 1.0).gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1)
         terms.append((1.0 - alpha) * hard)
     per_row = sum(terms)
