@@ -67,6 +67,8 @@ def learner_version(reference: nbformat.NotebookNode) -> nbformat.NotebookNode:
             cell.metadata["tags"] = tags
         else:
             cell.metadata.pop("tags", None)
+        # nbclient's run timestamps: left in, every rebuild would rewrite every learner notebook.
+        cell.metadata.pop("execution", None)
         if cell.cell_type == "code":
             cell.source = strip_solutions(cell.source)
             cell.outputs = []

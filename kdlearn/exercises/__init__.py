@@ -102,7 +102,8 @@ class Exercise:
 
         Lets the cells after an exercise run whether or not the learner has solved it."""
         if self.evaluate(answer).passed:
-            print(f"Using your {answer.__name__} (exercise {self.number} passes).")
+            # A passing callable need not be a plain function (functools.partial has no __name__).
+            print(f"Using your {getattr(answer, '__name__', 'function')} (exercise {self.number} passes).")
             return answer
         print(f"Exercise {self.number} is not solved yet, so the cells below use {fallback_name} instead.")
         return fallback

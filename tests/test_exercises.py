@@ -1,0 +1,387 @@
+"""The exercise checks, proven against the notebooks themselves.
+
+Every exercise is discovered from the reference notebooks (solutions/NN_*.ipynb): a code cell whose
+first line is ``# Exercise N.M`` and which defines one function, named like its Exercise object in
+kdlearn.exercises.lessonNN. A new lesson's exercises are therefore covered without editing this file.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib
+import pkgutil
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import nbformat
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kdlearn.exercises
+from kdlearn.course import SOLUTION_BEGIN
+from kdlearn.exercises import CORRECT, NOT_ATTEMPTED, WRONG, Exercise, lesson00, lesson01
+
+ROOT = Path(__file__).parents[1]
+SOLUTIONS = ROOT / "solutions"
+LESSONS = ROOT / "lessons"
+EXERCISE_HEADER = re.compile(r"#\s*Exercise\s+(\d+(?:\.\d+)+)\b")
+
+
+# --- discovery ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExerciseCell:
+    notebook: Path
+    lesson: str            # "00", from the notebook's file name
+    number: str            # "0.1", from the cell's "# Exercise N.M" line
+    function: str | None   # the one function the cell defines (None if it defines not exactly one)
+    source: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.lesson}-{self.function or self.number}"
+
+
+def defined_functions(source: str) -> list[str]:
+    return [node.name for node in ast.parse(source).body if isinstance(node, ast.FunctionDef)]
+
+
+def exercise_cells(folder: Path) -> list[ExerciseCell]:
+    found = []
+    for path in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            header = EXERCISE_HEADER.fullmatch(cell.source.split("\n", 1)[0].strip())
+            if cell.cell_type == "code" and header:
+                functions = defined_functions(cell.source)
+                found.append(ExerciseCell(path, path.name[:2], header.group(1),
+                                          functions[0] if len(functions) == 1 else None, cell.source))
+    return found
+
+
+def lesson_modules() -> dict[str, object]:
+    """{"00": kdlearn.exercises.lesson00, ...}: every lessonNN module of kdlearn.exercises."""
+    names = [info.name for info in pkgutil.iter_modules(kdlearn.exercises.__path__)]
+    return {name[-2:]: importlib.import_module(f"kdlearn.exercises.{name}")
+            for name in sorted(names) if re.fullmatch(r"lesson\d\d", name)}
+
+
+def exercises_in(module) -> dict[str, Exercise]:
+    return {name: value for name, value in vars(module).items() if isinstance(value, Exercise)}
+
+
+REFERENCE_CELLS = exercise_cells(SOLUTIONS)
+LEARNER_CELLS = {(cell.lesson, cell.number): cell for cell in exercise_cells(LESSONS)}
+MODULES = lesson_modules()
+ALL_EXERCISES = [(lesson, name, exercise) for lesson, module in MODULES.items()
+                 for name, exercise in exercises_in(module).items()]
+
+
+def exercise_for(cell: ExerciseCell) -> Exercise:
+    module = MODULES.get(cell.lesson)
+    assert module is not None, (
+        f"{cell.notebook.name} has exercises but there is no kdlearn.exercises.lesson{cell.lesson}")
+    exercise = getattr(module, cell.function or "", None)
+    assert isinstance(exercise, Exercise), (
+        f"{cell.notebook.name}: exercise {cell.number} defines {cell.function!r}, "
+        f"but kdlearn.exercises.lesson{cell.lesson} has no Exercise of that name")
+    return exercise
+
+
+def function_from(source: str, name: str) -> Callable:
+    """Run ``import torch`` and the cell in a fresh namespace, as the notebook would; return ``name``."""
+    namespace: dict = {}
+    exec(compile("import torch\n" + source, "<exercise cell>", "exec"), namespace)
+    return namespace[name]
+
+
+def learner_cell(cell: ExerciseCell) -> ExerciseCell:
+    learner = LEARNER_CELLS.get((cell.lesson, cell.number))
+    assert learner is not None, f"lessons/{cell.notebook.name} has no '# Exercise {cell.number}' cell"
+    return learner
+
+
+def reference_solution(lesson: str, name: str) -> Callable:
+    cell = next((c for c in REFERENCE_CELLS if (c.lesson, c.function) == (lesson, name)), None)
+    assert cell is not None, f"no exercise cell in solutions/{lesson}_*.ipynb defines {name}"
+    return function_from(cell.source, cell.function)
+
+
+cells = pytest.mark.parametrize("cell", REFERENCE_CELLS, ids=lambda c: c.id)
+exercises = pytest.mark.parametrize("lesson, name, exercise", ALL_EXERCISES,
+                                    ids=[f"{lesson}-{name}" for lesson, name, _ in ALL_EXERCISES])
+
+
+def test_the_notebooks_have_exercises():
+    """Discovery finds the course's exercises (an empty list would make every test below vacuous)."""
+    assert len(REFERENCE_CELLS) >= 3
+    assert {cell.lesson for cell in REFERENCE_CELLS} >= {"00", "01"}
+
+
+# --- the notebooks and the checks fit together ---------------------------------------------------
+
+
+@cells
+def test_exercise_cell_defines_exactly_one_function(cell):
+    """A learner fills in one function per exercise cell, the one the check is called on."""
+    assert cell.function is not None, (
+        f"{cell.notebook.name}, exercise {cell.number}: expected one function, found {defined_functions(cell.source)}")
+
+
+@cells
+def test_exercise_number_matches_its_check(cell):
+    """The number a learner reads above the cell is the one the verdict prints."""
+    exercise = exercise_for(cell)
+    assert cell.number == exercise.number
+    assert int(cell.number.split(".")[0]) == int(cell.lesson), "exercise N.M belongs in lesson N"
+
+
+@exercises
+def test_every_check_is_used_by_exactly_one_exercise_cell(lesson, name, exercise):
+    """No orphan check: each Exercise in kdlearn.exercises.lessonNN has exactly one cell in lesson NN."""
+    users = [cell for cell in REFERENCE_CELLS if cell.lesson == lesson and cell.function == name]
+    assert len(users) == 1, (
+        f"lesson{lesson}.{name} is used by {len(users)} exercise cells in solutions/{lesson}_*.ipynb")
+
+
+def test_every_solution_block_is_in_an_exercise_cell():
+    """A solved exercise is never missed by these tests because its header is misspelt."""
+    exercise_sources = {cell.source for cell in REFERENCE_CELLS}
+    for path in sorted(SOLUTIONS.glob("[0-9][0-9]_*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if SOLUTION_BEGIN in cell.source:
+                assert cell.source in exercise_sources, (
+                    f"{path.name}: solution outside a '# Exercise N.M' cell:\n{cell.source}")
+
+
+@cells
+def test_learner_notebook_has_the_same_exercise(cell):
+    """The learner version offers every exercise of the reference, with the same function name."""
+    assert learner_cell(cell).function == cell.function
+
+
+# --- the reference solution passes, the stub is "not attempted" --------------------------------
+
+
+@cells
+def test_reference_solution_passes_its_check(cell):
+    """The solution in solutions/ is marked correct, so a learner who writes it is told so."""
+    exercise = exercise_for(cell)
+    verdict = exercise.evaluate(function_from(cell.source, cell.function))
+    assert verdict.status == CORRECT, str(verdict)
+    assert verdict.passed
+    assert str(verdict).split("\n")[0] == f"Exercise {exercise.number} ({exercise.title}): correct ✓"
+
+
+@cells
+def test_learner_stub_is_not_attempted(cell):
+    """Running the check on the untouched learner cell says 'not attempted yet', without a traceback."""
+    exercise = exercise_for(cell)
+    learner = learner_cell(cell)
+    verdict = exercise.evaluate(function_from(learner.source, learner.function))
+    assert verdict.status == NOT_ATTEMPTED, str(verdict)
+    assert not verdict.passed
+    assert str(verdict).split("\n")[0] == f"Exercise {exercise.number} ({exercise.title}): not attempted yet"
+    assert "NotImplementedError" in str(verdict)
+
+
+# --- wrong answers get the specific hint ---------------------------------------------------------
+
+
+def ce_missing_minus(logits, label):
+    return torch.log_softmax(logits, dim=-1)[label]
+
+
+def ce_probability(logits, label):
+    return torch.softmax(logits, dim=-1)[label]
+
+
+def ce_raw_logit(logits, label):
+    return -logits[label]
+
+
+def sm_ignores_T(logits, T):
+    return torch.softmax(logits, dim=-1)
+
+
+def sm_multiplies_by_T(logits, T):
+    return torch.softmax(logits * T, dim=-1)
+
+
+def sm_dim_0(logits, T):
+    return torch.softmax(logits / T, dim=0)
+
+
+def sm_naive(logits, T):
+    exps = torch.exp(logits / T)
+    return exps / exps.sum(dim=-1, keepdim=True)
+
+
+def sm_no_return(logits, T):
+    torch.softmax(logits / T, dim=-1)
+
+
+def sm_list(logits, T):
+    return torch.softmax(logits / T, dim=-1).tolist()
+
+
+def kd(student, teacher, labels, T, alpha, *, t_squared=True, reverse=False, swap=False,
+       hard_at_T=False, reduction="mean"):
+    """Hinton's loss written out, with switches for the usual mistakes."""
+    log_q = torch.log_softmax(student / T, dim=-1)
+    log_p = torch.log_softmax(teacher / T, dim=-1)
+    kl_rows = ((log_q.exp() * (log_q - log_p)) if reverse else (log_p.exp() * (log_p - log_q))).sum(dim=-1)
+    hard_rows = F.cross_entropy(student / T if hard_at_T else student, labels, reduction="none")
+    soft_weight, hard_weight = (1 - alpha, alpha) if swap else (alpha, 1 - alpha)
+    rows = soft_weight * (T * T if t_squared else 1.0) * kl_rows + hard_weight * hard_rows
+    return rows.sum() if reduction == "sum" else rows.mean()
+
+
+def kd_right(s, t, y, T, alpha):
+    return kd(s, t, y, T, alpha)
+
+
+def kd_no_t_squared(s, t, y, T, alpha):
+    return kd(s, t, y, T, alpha, t_squared=False)
+
+
+def kd_reverse_kl(s, t, y, T, alpha):
+    return kd(s, t, y, T, alpha, reverse=True)
+
+
+def kd_alpha_swapped(s, t, y, T, alpha):
+    return kd(s, t, y, T, alpha, swap=True)
+
+
+def kd_hard_at_T(s, t, y, T, alpha):
+    return kd(s, t, y, T, alpha, hard_at_T=True)
+
+
+def kd_batch_sum(s, t, y, T, alpha):
+    return kd(s, t, y, T, alpha, reduction="sum")
+
+
+def kd_raises(s, t, y, T, alpha):
+    return s + "a string"   # TypeError, as a learner's typo would raise
+
+
+def wrong(exercise, answer, hint="", detail="", id=None):
+    return pytest.param(exercise, answer, hint, detail, id=id or getattr(answer, "__name__", repr(answer)))
+
+
+WRONG_ANSWERS = [
+    wrong(lesson00.cross_entropy, ce_missing_minus, hint="*negative* log-probability"),
+    wrong(lesson00.cross_entropy, ce_probability, hint="Take the log of the probability"),
+    wrong(lesson00.cross_entropy, ce_raw_logit, hint="torch.log_softmax"),
+    wrong(lesson01.softmax_with_temperature, sm_ignores_T, hint="temperature seems unused"),
+    wrong(lesson01.softmax_with_temperature, sm_multiplies_by_T, hint="multiplying sharpens"),
+    wrong(lesson01.softmax_with_temperature, sm_dim_0, hint="dim=-1"),
+    wrong(lesson01.softmax_with_temperature, sm_naive, hint="NaN or inf", detail="large logits"),
+    wrong(lesson01.softmax_with_temperature, sm_no_return, hint="`return`", detail="returned None"),
+    wrong(lesson01.softmax_with_temperature, sm_list, hint=lesson01.softmax_with_temperature.hint,
+          detail="returned a list for logits [2, 1, 0.1] at T=1; a torch.Tensor was expected"),
+    wrong(lesson01.distillation_loss, kd_no_t_squared, hint="T²"),
+    wrong(lesson01.distillation_loss, kd_reverse_kl, hint="KL(student || teacher)"),
+    wrong(lesson01.distillation_loss, kd_alpha_swapped, hint="weights are swapped"),
+    wrong(lesson01.distillation_loss, kd_hard_at_T, hint="student at T = 1"),
+    wrong(lesson01.distillation_loss, kd_batch_sum, hint="Average over the rows"),
+    wrong(lesson01.distillation_loss, kd_raises, hint=lesson01.distillation_loss.hint,
+          detail="Your function raised TypeError"),
+    wrong(lesson01.distillation_loss, 0.5, hint="without calling it",
+          detail="expects your function itself, got float", id="a-number"),
+    wrong(lesson01.softmax_with_temperature, sm_dim_0(torch.zeros(2, 2), 1.0), hint="without calling it",
+          detail="expects your function itself, got Tensor", id="the-function's-result"),
+]
+
+
+def test_the_switchable_loss_is_right_when_no_switch_is_on():
+    """The wrong losses below differ from the right one only by the mistake they are named after."""
+    assert lesson01.distillation_loss.evaluate(kd_right).status == CORRECT
+
+
+@pytest.mark.parametrize("exercise, answer, hint, detail", WRONG_ANSWERS)
+def test_wrong_answer_gets_its_hint(exercise, answer, hint, detail):
+    """A common mistake is reported as 'not yet' with the hint that names it, never as a traceback."""
+    verdict = exercise.evaluate(answer)
+    assert verdict.status == WRONG, str(verdict)
+    assert not verdict.passed
+    assert hint in verdict.hint, str(verdict)
+    assert detail in verdict.detail, str(verdict)
+    lines = str(verdict).split("\n")
+    assert lines[0] == f"Exercise {exercise.number} ({exercise.title}): not yet ✗"
+    assert lines[-1] == f"  Hint: {verdict.hint}"
+
+
+@pytest.mark.parametrize("exercise, answer, hint, detail", WRONG_ANSWERS)
+def test_calling_a_check_prints_the_verdict(exercise, answer, hint, detail, capsys):
+    """check.x(f) in a notebook prints exactly the verdict, and raises nothing."""
+    assert exercise(answer) is None
+    assert capsys.readouterr().out == str(exercise.evaluate(answer)) + "\n"
+
+
+# --- passing_or ----------------------------------------------------------------------------------
+
+
+def fallback(*args, **kwargs):
+    raise AssertionError("the fallback is only returned, never called by passing_or")
+
+
+@exercises
+def test_passing_or_keeps_a_passing_function(lesson, name, exercise, capsys):
+    """Once solved, the cells after an exercise use the learner's own function, and say so."""
+    solution = reference_solution(lesson, name)
+    assert exercise.passing_or(solution, fallback, "kdlearn.fallback") is solution
+    out = capsys.readouterr().out
+    assert out == f"Using your {solution.__name__} (exercise {exercise.number} passes).\n"
+
+
+def test_passing_or_accepts_any_passing_callable(capsys):
+    """A passing callable without a __name__ is used like any other, not met with a traceback."""
+    solution = functools.partial(reference_solution("00", "cross_entropy"))
+    assert lesson00.cross_entropy.evaluate(solution).passed
+    assert lesson00.cross_entropy.passing_or(solution, fallback, "kdlearn.fallback") is solution
+    assert capsys.readouterr().out == "Using your function (exercise 0.1 passes).\n"
+
+
+@cells
+def test_passing_or_falls_back_for_the_stub(cell, capsys):
+    """An unsolved exercise does not block the rest of the lesson: kdlearn's function is used, and named."""
+    exercise = exercise_for(cell)
+    stub = function_from(learner_cell(cell).source, cell.function)
+    assert exercise.passing_or(stub, fallback, "kdlearn.fallback") is fallback
+    out = capsys.readouterr().out
+    assert out == f"Exercise {exercise.number} is not solved yet, so the cells below use kdlearn.fallback instead.\n"
+
+
+@pytest.mark.parametrize("exercise, answer, hint, detail", WRONG_ANSWERS)
+def test_passing_or_falls_back_for_a_wrong_answer(exercise, answer, hint, detail, capsys):
+    """A wrong answer is never silently used by the cells after the exercise."""
+    assert exercise.passing_or(answer, fallback, "kdlearn.fallback") is fallback
+    assert "kdlearn.fallback" in capsys.readouterr().out
+
+
+# --- verdict text --------------------------------------------------------------------------------
+
+
+def test_verdict_text_layout():
+    """The first line is stable for graders; detail and hint follow, indented, only when present."""
+    from kdlearn.exercises import Verdict
+
+    assert str(Verdict("9.9", "a title", CORRECT)) == "Exercise 9.9 (a title): correct ✓"
+    assert str(Verdict("9.9", "a title", WRONG, "what differs", "what to try")) == (
+        "Exercise 9.9 (a title): not yet ✗\n  what differs\n  Hint: what to try")
+
+
+def test_not_attempted_verdict_tells_what_to_replace():
+    """A learner who runs the check on the stub is told to replace the NotImplementedError line."""
+    def stub(*args):
+        raise NotImplementedError
+
+    verdict = lesson00.cross_entropy.evaluate(stub)
+    assert verdict.status == NOT_ATTEMPTED
+    assert "NotImplementedError" in str(verdict)
+    assert "Hint:" not in str(verdict)
