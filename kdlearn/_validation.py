@@ -16,7 +16,7 @@ DIRECTIONS = ("forward", "reverse")
 
 
 def check_logits(name: str, logits) -> None:
-    """A floating-point tensor of shape (..., V), V >= 1, without NaN or +inf."""
+    """A floating-point tensor of shape (..., V), V >= 1. Its values: check_values."""
     if not isinstance(logits, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
     if not logits.is_floating_point():
@@ -26,6 +26,13 @@ def check_logits(name: str, logits) -> None:
         )
     if logits.dim() == 0 or logits.shape[-1] == 0:
         raise ValueError(f"{name} must have shape (..., V) with V >= 1, got {tuple(logits.shape)}")
+
+
+def check_values(name: str, logits: torch.Tensor) -> None:
+    """No NaN and no +inf (-inf masks a vocabulary entry).
+
+    A separate pass over every value: the Triton kernels skip it and look for NaN and +inf
+    while they read the logits anyway, calling this only to word the error."""
     if torch.isnan(logits).any():
         raise ValueError(f"{name} contains NaN")
     if torch.isposinf(logits).any():
@@ -33,7 +40,7 @@ def check_logits(name: str, logits) -> None:
 
 
 def check_pair(student_logits, teacher_logits) -> None:
-    """Both logits valid, with the same leading shape, vocabulary and device."""
+    """Both logits tensors of floats, with the same leading shape, vocabulary and device."""
     check_logits("student_logits", student_logits)
     check_logits("teacher_logits", teacher_logits)
     s, t = tuple(student_logits.shape), tuple(teacher_logits.shape)

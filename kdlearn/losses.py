@@ -16,6 +16,11 @@ Conventions, shared by every function here:
   "batchmean" would divide by B only.
 * kl_divergence and generalized_jsd are divergences between the tempered distributions and
   carry no T² factor; kd_loss carries it (switchable), as Hinton et al. prescribe.
+* backend: None runs the fused Triton kernel (kdlearn.kernels) on CUDA tensors when Triton is
+  installed and no gradient for the teacher is asked for, and this plain PyTorch otherwise;
+  "torch" always runs the code here; "triton" insists on the kernel (on CPU tensors through
+  Triton's interpreter, TRITON_INTERPRET=1, which is for testing and learning, not speed). Both
+  compute the same thing: the kernels are tested against this module.
 * Numerics: fp16 and bf16 inputs are computed in fp32 and the loss is returned in fp32. A logit
   of -inf masks a vocabulary entry; 0 * log 0 counts as 0, also when a probability underflows.
   The result is infinite only where the divergence really is: the distribution in front of the
@@ -30,6 +35,8 @@ import torch
 
 from kdlearn import _validation as check
 
+BACKENDS = (None, "torch", "triton")
+
 
 def soft_targets(logits: torch.Tensor, T: float) -> torch.Tensor:
     """Softmax at temperature T over the last dimension.
@@ -41,6 +48,7 @@ def soft_targets(logits: torch.Tensor, T: float) -> torch.Tensor:
     Computed, and returned, in at least fp32.
     """
     check.check_logits("logits", logits)
+    check.check_values("logits", logits)
     T = check.check_temperature(T)
     check.check_rows_have_mass("logits", logits, torch.ones(logits.shape[:-1], dtype=torch.bool,
                                                             device=logits.device))
@@ -57,6 +65,7 @@ def kl_divergence(
     ignore_index: int = -100,
     mask: torch.Tensor | None = None,
     reduction: str = "mean",
+    backend: str | None = None,
 ) -> torch.Tensor:
     """KL divergence between teacher and student at temperature T, per row then reduced.
 
@@ -68,11 +77,14 @@ def kl_divergence(
     No T² factor: multiply by T**2 yourself, or use kd_loss.
     """
     check.check_choice("direction", direction, check.DIRECTIONS)
-    T, valid, student, teacher = _prepare(student_logits, teacher_logits, T, labels, ignore_index,
-                                          mask, reduction)
-    log_q, log_p = _log_probs(student, T), _log_probs(teacher, T)
-    per_row = _kl_rows(log_p, log_q) if direction == "forward" else _kl_rows(log_q, log_p)
-    return _reduce(per_row, valid, reduction)
+    T, valid, student, teacher, kernel = _prepare(student_logits, teacher_logits, T, labels, ignore_index,
+                                                  mask, reduction, backend)
+    if kernel:
+        per_row = kernel(student, teacher, valid, T=T, divergence=direction)
+    else:
+        log_q, log_p = _log_probs(student, T), _log_probs(teacher, T)
+        per_row = _kl_rows(log_p, log_q) if direction == "forward" else _kl_rows(log_q, log_p)
+    return reduce_rows(per_row, valid, reduction)
 
 
 def generalized_jsd(
@@ -85,6 +97,7 @@ def generalized_jsd(
     ignore_index: int = -100,
     mask: torch.Tensor | None = None,
     reduction: str = "mean",
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Generalized Jensen-Shannon divergence JSD(beta) of the GKD paper, at temperature T.
 
@@ -100,8 +113,12 @@ def generalized_jsd(
     No T² factor.
     """
     beta = check.check_unit_interval("beta", beta)
-    T, valid, student, teacher = _prepare(student_logits, teacher_logits, T, labels, ignore_index,
-                                          mask, reduction)
+    T, valid, student, teacher, kernel = _prepare(student_logits, teacher_logits, T, labels, ignore_index,
+                                                  mask, reduction, backend)
+    if kernel:
+        divergence = {0.0: "forward", 1.0: "reverse"}.get(beta, "jsd")
+        return reduce_rows(kernel(student, teacher, valid, T=T, divergence=divergence, beta=beta), valid,
+                           reduction)
     log_q, log_p = _log_probs(student, T), _log_probs(teacher, T)
     if beta == 0.0:
         per_row = _kl_rows(log_p, log_q)
@@ -110,7 +127,7 @@ def generalized_jsd(
     else:
         log_m = _log_mixture(log_p, log_q, beta)
         per_row = beta * _kl_rows(log_p, log_m) + (1.0 - beta) * _kl_rows(log_q, log_m)
-    return _reduce(per_row, valid, reduction)
+    return reduce_rows(per_row, valid, reduction)
 
 
 def kd_loss(
@@ -123,6 +140,7 @@ def kd_loss(
     t_squared: bool = True,
     ignore_index: int = -100,
     reduction: str = "mean",
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Hinton, Vinyals and Dean's distillation loss (2015).
 
@@ -140,34 +158,72 @@ def kd_loss(
     if labels is None and alpha < 1.0:
         raise ValueError(f"labels is required when alpha < 1 (the hard-label term has weight 1 - alpha = "
                          f"{1.0 - alpha:g}); pass labels, or alpha=1.0 for soft targets only")
-    T, valid, student, teacher = _prepare(student_logits, teacher_logits, T, labels, ignore_index,
-                                          None, reduction)
+    T, valid, student, teacher, kernel = _prepare(student_logits, teacher_logits, T, labels, ignore_index,
+                                                  None, reduction, backend)
     terms = []  # alpha in [0, 1], so at least one term has a weight above 0
     if alpha > 0.0:
-        soft = _kl_rows(_log_probs(teacher, T), _log_probs(student, T))
+        if kernel:
+            soft = kernel(student, teacher, valid, T=T, divergence="forward")
+        else:
+            soft = _kl_rows(_log_probs(teacher, T), _log_probs(student, T))
         terms.append(alpha * (T * T if t_squared else 1.0) * soft)
     if alpha < 1.0:
         safe_labels = torch.where(valid, labels.long(), 0)  # gather takes int64 indices only
+        # The kernel gets left-out rows as they are; here they must be zeroed, as _prepare does.
+        student = _zero_left_out(student, valid) if kernel else student
         hard = -_log_probs(student, 1.0).gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1)
         terms.append((1.0 - alpha) * hard)
     per_row = sum(terms)
-    return _reduce(per_row, valid, reduction)
+    return reduce_rows(per_row, valid, reduction)
 
 
 # --- the pieces the losses share -------------------------------------------------------------
 
 
-def _prepare(student_logits, teacher_logits, T, labels, ignore_index, mask, reduction):
-    """Check every argument; return T, the rows that count, and the logits with left-out rows
-    zeroed (so that a left-out row of -inf cannot put a NaN into the gradient)."""
+def _prepare(student_logits, teacher_logits, T, labels, ignore_index, mask, reduction, backend):
+    """Check every argument and pick the backend. Return T, the rows that count, the logits, and
+    the kernel that computes per-row divergences (None for the plain PyTorch here).
+
+    For PyTorch, left-out rows are zeroed; the kernel skips them, and looks for NaN, +inf and
+    rows of only -inf as it reads."""
     check.check_pair(student_logits, teacher_logits)
     T = check.check_temperature(T)
     check.check_choice("reduction", reduction, check.REDUCTIONS)
     valid = check.valid_rows(student_logits, labels, ignore_index, mask)
-    check.check_rows_have_mass("student_logits", student_logits, valid)
-    check.check_rows_have_mass("teacher_logits", teacher_logits, valid)
-    keep = valid.unsqueeze(-1)
-    return T, valid, torch.where(keep, student_logits, 0.0), torch.where(keep, teacher_logits, 0.0)
+    kernel = _triton_kernel(backend, student_logits, teacher_logits)
+    if kernel:
+        return T, valid, student_logits, teacher_logits, kernel
+    for name, logits in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
+        check.check_values(name, logits)
+        check.check_rows_have_mass(name, logits, valid)
+    return T, valid, _zero_left_out(student_logits, valid), _zero_left_out(teacher_logits, valid), None
+
+
+def _zero_left_out(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The logits with left-out rows set to 0, so that a left-out row of -inf (no distribution)
+    cannot put a NaN into the gradient through 0 * NaN."""
+    return torch.where(valid.unsqueeze(-1), logits, 0.0)
+
+
+def _triton_kernel(backend, student_logits, teacher_logits):
+    """kdlearn.kernels' per-row divergence when the backend says so and it can run, else None."""
+    check.check_choice("backend", backend, BACKENDS)
+    if backend == "torch":
+        return None
+    from kdlearn import kernels
+
+    reason = kernels.unavailable_reason(student_logits.device)
+    teacher_grad = teacher_logits.requires_grad and torch.is_grad_enabled()
+    if backend is None and (reason or teacher_grad or not student_logits.is_cuda):
+        return None
+    if reason:
+        raise ValueError(f"backend='triton' cannot run here: {reason}")
+    if teacher_grad:
+        raise ValueError("backend='triton' computes no gradient for teacher_logits, which requires one; "
+                         "pass teacher_logits.detach(), or backend='torch'")
+    from kdlearn.kernels.softmax_divergence import softmax_divergence
+
+    return softmax_divergence
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -198,7 +254,8 @@ def _log_mixture(log_p: torch.Tensor, log_q: torch.Tensor, beta: float) -> torch
     return torch.logaddexp(a, b).masked_fill(neither, -math.inf)
 
 
-def _reduce(per_row: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
+def reduce_rows(per_row: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The reduction every loss shares (kernels included): see the module docstring."""
     per_row = torch.where(valid, per_row, 0.0)
     if reduction == "none":
         return per_row

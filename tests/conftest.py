@@ -1,6 +1,8 @@
 """Shared test settings: a deterministic Hypothesis profile, and single-threaded torch for the
 loss tests (their tensors are tiny; intra-op threads only add contention on a busy CI runner)."""
 
+import os
+
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
@@ -25,3 +27,9 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# Kernel tests run the Triton kernels through the interpreter when there is no GPU. triton.jit
+# reads this when a kernel module is first imported, so it is set before any test runs.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")

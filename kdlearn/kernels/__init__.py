@@ -1,0 +1,45 @@
+"""Fused Triton kernels for the soft-target losses, one operation per module.
+
+    softmax_divergence   forward KL, reverse KL and generalized JSD from raw logits at temperature T
+
+Users do not call these modules directly: kdlearn.kl_divergence, generalized_jsd and kd_loss
+dispatch to them (``backend=None`` picks the kernel wherever it can run, ``"triton"`` insists,
+``"torch"`` keeps the plain PyTorch specification in kdlearn.losses).
+
+Where a kernel runs: on CUDA tensors, compiled; on CPU tensors only through Triton's interpreter,
+which must be switched on (``TRITON_INTERPRET=1``) before a kernel module is first imported,
+because ``triton.jit`` reads the setting when it decorates a function.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import torch
+
+KERNEL_MODULES = ("kdlearn.kernels.softmax_divergence",)
+
+
+def interpreted() -> bool:
+    """Whether the kernels run (or, once imported, will run) through Triton's interpreter."""
+    for name in KERNEL_MODULES:
+        module = sys.modules.get(name)
+        if module is not None:
+            return module.INTERPRETED
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    """None when kdlearn's Triton kernels can run on tensors on ``device``; otherwise why not."""
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed (it ships for Linux only)"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu":
+        if interpreted():
+            return None
+        return ("Triton kernels run on CPU tensors only through its interpreter: set TRITON_INTERPRET=1 "
+                "before kdlearn's kernels are first used (before importing kdlearn, to be safe)")
+    return f"Triton kernels run on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got device {device}"
