@@ -49,17 +49,20 @@ from kdlearn import _validation as check
 
 INTERPRETED = bool(triton.knobs.runtime.interpret)
 
-FORWARD, REVERSE, JSD = 0, 1, 2
-DIVERGENCES = {"forward": FORWARD, "reverse": REVERSE, "jsd": JSD}
+# Globals a kernel reads must be tl.constexpr; Python reads them as .value.
+FORWARD, REVERSE, JSD = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+DIVERGENCES = {"forward": FORWARD.value, "reverse": REVERSE.value, "jsd": JSD.value}
 
 # What pass 1 can find wrong with a row, one bit each. The specification's checks word the error.
-STUDENT_NAN, STUDENT_POSINF, TEACHER_NAN, TEACHER_POSINF, STUDENT_EMPTY, TEACHER_EMPTY = 1, 2, 4, 8, 16, 32
+STUDENT_NAN, STUDENT_POSINF = tl.constexpr(1), tl.constexpr(2)
+TEACHER_NAN, TEACHER_POSINF = tl.constexpr(4), tl.constexpr(8)
+STUDENT_EMPTY, TEACHER_EMPTY = tl.constexpr(16), tl.constexpr(32)
 
 # Columns a program holds at once. Larger blocks mean fewer loop iterations but more registers;
 # rows longer than this are streamed block by block.
 MAX_BLOCK_V = 4096
 # Saved per row for backward: max and log-sum of exp of each side, and the gradient's row constant.
-STATS = 5
+STATS = tl.constexpr(5)
 NUM_WARPS = 8
 
 
@@ -121,9 +124,10 @@ def _forward_kernel(
     T = tl.load(temperature_ptr)
 
     # Pass 1: the logsumexp of both sides, and anything wrong with the values.
-    max_a, sum_a = float("-inf"), 0.0
-    max_b, sum_b = float("-inf"), 0.0
-    flags = 0
+    # Accumulators typed up front: a loop may not change a variable's type (fp32 to fp64).
+    max_a, sum_a = tl.full([], float("-inf"), COMPUTE), tl.zeros([], COMPUTE)
+    max_b, sum_b = tl.full([], float("-inf"), COMPUTE), tl.zeros([], COMPUTE)
+    flags = tl.zeros([], tl.int32)
     for start in range(0, V, BLOCK_V):
         cols = start + offsets
         s = _load_row_block(student_row, cols, V, COMPUTE)
@@ -142,8 +146,8 @@ def _forward_kernel(
     tl.store(flags_ptr + row, flags)
 
     # Pass 2: the divergence, with the exact log-probabilities.
-    loss = 0.0
-    kl_q_m = 0.0
+    loss = tl.zeros([], COMPUTE)
+    kl_q_m = tl.zeros([], COMPUTE)
     if counted & (flags == 0):
         for start in range(0, V, BLOCK_V):
             cols = start + offsets
@@ -162,7 +166,10 @@ def _forward_kernel(
                 loss += beta * tl.sum(_plogp_ratio(p, log_p, log_m), axis=0) + (1.0 - beta) * q_term
     tl.store(loss_ptr + row, loss)
     # The row constant of the gradient (see the module docstring); forward KL needs none.
-    row_constant = kl_q_m if DIVERGENCE == JSD else loss
+    if DIVERGENCE == JSD:
+        row_constant = kl_q_m
+    else:
+        row_constant = loss
     stats_row = stats_ptr + STATS * row
     tl.store(stats_row, max_a)
     tl.store(stats_row + 1, log_sum_a)
@@ -220,7 +227,7 @@ class SoftmaxDivergenceFunction(torch.autograd.Function):
         n_rows, V = student.shape
         compute = torch.float64 if torch.float64 in (student.dtype, teacher.dtype) else torch.float32
         loss = torch.empty(n_rows, dtype=compute, device=student.device)
-        stats = torch.empty(n_rows, STATS, dtype=compute, device=student.device)
+        stats = torch.empty(n_rows, STATS.value, dtype=compute, device=student.device)
         flags = torch.empty(n_rows, dtype=torch.int32, device=student.device)
         temperature = torch.tensor([T], dtype=compute, device=student.device)
         ctx.launch = dict(V=V, temperature_ptr=temperature, **_beta_args(beta), DIVERGENCE=DIVERGENCES[divergence],
