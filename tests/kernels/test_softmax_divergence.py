@@ -34,7 +34,7 @@ GRAD_TOL = {torch.float64: (1e-12, 1e-14), torch.float32: (1e-5, 1e-6),
 # The reverse KL's and the JSD's gradients are differences of larger terms, q (log q - log p) - q L,
 # so an entry's error is relative to the largest terms of its row, not to itself.
 NORMWISE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
-SHAPES = [(1, 1), (3, 7), (41, 1271), (8, 32000), (2, 3, 50)]
+SHAPES = [(1, 1), (3, 7), (41, 1271), (8, 32000), (2, 3, 50), (2, 262144)]
 
 
 def divergence(name: str):
