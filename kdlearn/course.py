@@ -12,6 +12,7 @@ hand: ``learner_version`` replaces each solution, written between the lines
 with a ``raise NotImplementedError`` stub, and clears the outputs.
 
     python -m kdlearn.course build     # run each reference lesson, store its outputs, write the learner versions
+    python -m kdlearn.course build 05  # the same for lesson 05 alone
     python -m kdlearn.course check     # exit 1 if a learner version is out of date with its reference
     python -m kdlearn.course measure   # wall time and peak memory of each lesson, run top to bottom
 """
@@ -90,8 +91,16 @@ def lesson_pairs(solutions: Path, lessons: Path) -> list[tuple[Path, Path]]:
     return [(ref, lessons / ref.name) for ref in sorted(solutions.glob("[0-9][0-9]_*.ipynb"))]
 
 
-def build(solutions: Path, lessons: Path, *, run: bool = True) -> None:
-    for ref_path, lesson_path in lesson_pairs(solutions, lessons):
+def build(solutions: Path, lessons: Path, *, run: bool = True, only: list[str] | None = None) -> None:
+    """Run the references and write their learner versions; ``only`` names some lessons by the start
+    of their file name ("05", "05_write_the_kernel"), to rebuild those alone."""
+    pairs = lesson_pairs(solutions, lessons)
+    if only:
+        unknown = [name for name in only if not any(ref.name.startswith(name) for ref, _ in pairs)]
+        if unknown:
+            raise SystemExit(f"no lesson in {solutions} starts with {', '.join(unknown)}")
+        pairs = [(ref, lesson) for ref, lesson in pairs if any(ref.name.startswith(name) for name in only)]
+    for ref_path, lesson_path in pairs:
         reference = nbformat.read(ref_path, as_version=4)
         if run:
             print(f"running {ref_path} ...", flush=True)
@@ -130,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     build_cmd = commands.add_parser("build", help="run each reference lesson and write the learner versions")
     build_cmd.add_argument("--no-run", action="store_true", help="write the learner versions without running anything")
+    build_cmd.add_argument("only", nargs="*", metavar="LESSON", help="only these lessons, e.g. 05 (default: every lesson)")
     commands.add_parser("check", help="exit 1 if a learner version is out of date")
     measure_cmd = commands.add_parser("measure", help="time and peak memory of each lesson")
     measure_cmd.add_argument("notebooks", nargs="*", type=Path, help="default: every reference and learner lesson")
@@ -138,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "build":
-        build(args.solutions, args.lessons, run=not args.no_run)
+        build(args.solutions, args.lessons, run=not args.no_run, only=args.only)
     elif args.command == "check":
         stale = stale_lessons(args.solutions, args.lessons)
         for path in stale:
