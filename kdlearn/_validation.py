@@ -132,6 +132,64 @@ def check_rows_have_mass(name: str, logits: torch.Tensor, valid: torch.Tensor) -
         )
 
 
+def topk_cache_rounding(log_p_topk: torch.Tensor) -> float:
+    """How far above 1 the probabilities of a correct cache may sum by rounding alone: its dtype's
+    in each of the k entries (exp(a_j) off by about eps |a_j|, so the sum by about
+    eps * sum_j p_j |a_j| <= eps * (1 + log k)), and 1e-4 for logits - logsumexp computed in fp32."""
+    return 1e-4 + torch.finfo(log_p_topk.dtype).eps * (1.0 + math.log(log_p_topk.shape[-1]))
+
+
+def checked_topk_cache(student_logits, logprobs, indices, valid):
+    """Check a top-k cache against the student logits, on the rows that count; return its
+    log-probabilities and int64 indices with left-out rows made harmless (-inf, 0..k-1)."""
+    for name, x in (("teacher_topk_logprobs", logprobs), ("teacher_topk_indices", indices)):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.device != student_logits.device:
+            raise ValueError(f"{name} must be on student_logits' device {student_logits.device}, got {x.device}")
+    if not logprobs.is_floating_point():
+        raise ValueError(f"teacher_topk_logprobs must be a floating-point tensor (log-probabilities), "
+                         f"got dtype {logprobs.dtype}")
+    if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+        raise ValueError(f"teacher_topk_indices must be an integer tensor of vocabulary indices, "
+                         f"got dtype {indices.dtype}")
+    rows, V = tuple(student_logits.shape[:-1]), student_logits.shape[-1]
+    if logprobs.dim() == 0 or tuple(logprobs.shape[:-1]) != rows or logprobs.shape[-1] == 0:
+        raise ValueError(f"teacher_topk_logprobs must have shape (*leading, k) with student_logits' leading "
+                         f"shape {rows} and k >= 1, got {tuple(logprobs.shape)} (student_logits "
+                         f"{tuple(student_logits.shape)})")
+    if indices.shape != logprobs.shape:
+        raise ValueError(f"teacher_topk_indices must have teacher_topk_logprobs' shape {tuple(logprobs.shape)}, "
+                         f"got {tuple(indices.shape)}")
+    k = logprobs.shape[-1]
+    if k > V:
+        raise ValueError(f"teacher_topk_logprobs holds k = {k} entries per row, more than the vocabulary "
+                         f"V = {V} of student_logits")
+    keep = valid.unsqueeze(-1)
+    indices, values = indices.long(), logprobs.detach()
+    out_of_range = keep & ((indices < 0) | (indices >= V))
+    if out_of_range.any():
+        raise ValueError(f"teacher_topk_indices must be vocabulary indices in [0, {V}), "
+                         f"found {indices[out_of_range][0].item()}")
+    if (keep & (indices.sort(dim=-1).values.diff(dim=-1) == 0).any(dim=-1, keepdim=True)).any():
+        raise ValueError("teacher_topk_indices repeats an index within a row; each cached token must appear once")
+    if (keep & torch.isnan(values)).any():
+        raise ValueError("teacher_topk_logprobs contains NaN")
+    slack = math.log1p(topk_cache_rounding(logprobs))
+    if (keep & (values > slack)).any():
+        raise ValueError(f"teacher_topk_logprobs must be log-probabilities (<= 0), found "
+                         f"{values[keep & (values > slack)][0].item()}; pass the top k of "
+                         f"log_softmax(teacher_logits / T), not logits or probabilities")
+    summed = values.float() if values.dtype in (torch.float16, torch.bfloat16) else values  # in fp32 at least
+    log_sum = torch.logsumexp(summed.masked_fill(~keep, -math.inf), dim=-1)
+    if (log_sum > slack).any():
+        raise ValueError(f"teacher_topk_logprobs' probabilities sum to more than 1 in a row "
+                         f"({log_sum.max().exp().item():.6g}); they must be log_softmax values of one "
+                         f"distribution, computed in fp32 or better")
+    arange = torch.arange(k, device=indices.device).expand_as(indices)
+    return logprobs.masked_fill(~keep, -math.inf), torch.where(keep, indices, arange)
+
+
 def _describe(x) -> str:
     if isinstance(x, torch.Tensor):
         return f"a tensor of dtype {x.dtype}"

@@ -177,6 +177,71 @@ def kd_loss(
     return reduce_rows(per_row, valid, reduction)
 
 
+def topk_kl(
+    student_logits: torch.Tensor,
+    teacher_topk_logprobs: torch.Tensor,
+    teacher_topk_indices: torch.Tensor,
+    *,
+    T: float = 1.0,
+    labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Forward KL against a teacher known only by its cached top-k log-probabilities.
+
+    An offline cache keeps, per row, the teacher's k largest log-probabilities at temperature T,
+    a_j = log softmax(teacher_logits / T)_{i_j} (shape (..., k)), and their vocabulary indices
+    i_1 .. i_k. Teacher and student are compared over k + 1 buckets, the k cached tokens and one
+    tail bucket that holds the rest of the vocabulary:
+
+        p_j = exp(a_j)                              p_tail = 1 - sum_j p_j
+        q_j = softmax(student_logits / T)_{i_j}     q_tail = 1 - sum_j q_j = sum of q_v over the other v
+        loss = sum_j p_j log(p_j / q_j) + p_tail log(p_tail / q_tail)
+
+    a true KL divergence between two (k + 1)-bucket distributions, so never negative, equal to the
+    full forward KL (kl_divergence) when the cache holds the whole vocabulary (k = V), and by the
+    data processing inequality never above the full KL against the uncached teacher. The KL over
+    the cached tokens alone, without the tail, is no divergence: it can go negative.
+
+    Gradient, with respect to student logit z_v:
+        (q_v - p_v) / T                      for a cached token v
+        (q_v - p_tail * q_v / q_tail) / T    for every other token
+
+    Numerics: no tail is rounded away. The teacher's is log(1 - exp(logsumexp_j a_j)), in log
+    space (log1mexp), so a tail of 1e-10 behind a top token of log-probability -1e-10 is kept in
+    fp32; it is 0 where the cached probabilities sum to 1 or, within rounding, more. The student's
+    is the logsumexp of its log-probabilities outside the cache, not 1 minus a sum close to 1.
+    Where the student has no tail at all (it masks every uncached token with -inf, or k = V), a
+    teacher tail within the cache's rounding (see below) is that rounding and counts as 0; a
+    larger one makes the divergence infinite, as it is. -inf cached log-probabilities are masked
+    entries (p_j = 0, a term of 0). Rounding cannot make the result negative: it is clamped at 0.
+
+    The cache is checked on the rows that count: indices integers in [0, V), distinct within a
+    row; log-probabilities <= 0 whose probabilities sum to at most 1, both up to rounding (that of
+    the cache's dtype, eps * (1 + log k), plus 1e-4 for log-probabilities computed as
+    logits - logsumexp in fp32). Left-out rows (labels == ignore_index, labels of shape
+    ``student_logits.shape[:-1]``) may hold padding; they add 0 and get a zero gradient. No T²
+    factor. teacher_topk_logprobs gets a gradient too when it requires one.
+    """
+    T = check.check_temperature(T)
+    check.check_choice("reduction", reduction, check.REDUCTIONS)
+    check.check_logits("student_logits", student_logits)
+    valid = check.valid_rows(student_logits, labels, ignore_index, None)
+    log_p_topk, indices = check.checked_topk_cache(student_logits, teacher_topk_logprobs, teacher_topk_indices,
+                                                   valid)
+    if _use_triton(backend, student_logits):
+        from kdlearn.kernels.topk_divergence import topk_divergence
+
+        return reduce_rows(topk_divergence(student_logits, log_p_topk, indices, valid, T=T), valid, reduction)
+    check.check_values("student_logits", student_logits)
+    check.check_rows_have_mass("student_logits", student_logits, valid)
+    log_q = _log_probs(_zero_left_out(student_logits, valid), T)
+    log_q_topk = log_q.gather(-1, indices)
+    log_q_tail = _logsumexp(log_q.scatter(-1, indices, -math.inf))
+    return reduce_rows(_topk_kl_rows(log_p_topk, log_q_topk, log_q_tail), valid, reduction)
+
+
 # --- the pieces the losses share -------------------------------------------------------------
 
 
@@ -190,9 +255,10 @@ def _prepare(student_logits, teacher_logits, T, labels, ignore_index, mask, redu
     T = check.check_temperature(T)
     check.check_choice("reduction", reduction, check.REDUCTIONS)
     valid = check.valid_rows(student_logits, labels, ignore_index, mask)
-    kernel = _triton_kernel(backend, student_logits, teacher_logits)
-    if kernel:
-        return T, valid, student_logits, teacher_logits, kernel
+    if _use_triton(backend, student_logits, teacher_logits.requires_grad and torch.is_grad_enabled()):
+        from kdlearn.kernels.softmax_divergence import softmax_divergence
+
+        return T, valid, student_logits, teacher_logits, softmax_divergence
     for name, logits in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
         check.check_values(name, logits)
         check.check_rows_have_mass(name, logits, valid)
@@ -205,25 +271,22 @@ def _zero_left_out(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.where(valid.unsqueeze(-1), logits, 0.0)
 
 
-def _triton_kernel(backend, student_logits, teacher_logits):
-    """kdlearn.kernels' per-row divergence when the backend says so and it can run, else None."""
+def _use_triton(backend, logits: torch.Tensor, teacher_needs_grad: bool = False) -> bool:
+    """Whether a loss runs its Triton kernel: see ``backend`` in the module docstring."""
     check.check_choice("backend", backend, BACKENDS)
     if backend == "torch":
-        return None
+        return False
     from kdlearn import kernels
 
-    reason = kernels.unavailable_reason(student_logits.device)
-    teacher_grad = teacher_logits.requires_grad and torch.is_grad_enabled()
-    if backend is None and (reason or teacher_grad or not student_logits.is_cuda):
-        return None
+    reason = kernels.unavailable_reason(logits.device)
+    if backend is None:
+        return reason is None and logits.is_cuda and not teacher_needs_grad
     if reason:
         raise ValueError(f"backend='triton' cannot run here: {reason}")
-    if teacher_grad:
+    if teacher_needs_grad:
         raise ValueError("backend='triton' computes no gradient for teacher_logits, which requires one; "
                          "pass teacher_logits.detach(), or backend='torch'")
-    from kdlearn.kernels.softmax_divergence import softmax_divergence
-
-    return softmax_divergence
+    return True
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -252,6 +315,40 @@ def _log_mixture(log_p: torch.Tensor, log_q: torch.Tensor, beta: float) -> torch
     a = (log_p + math.log(beta)).masked_fill(neither, 0.0)
     b = (log_q + math.log1p(-beta)).masked_fill(neither, 0.0)
     return torch.logaddexp(a, b).masked_fill(neither, -math.inf)
+
+
+def _topk_kl_rows(log_p_topk: torch.Tensor, log_q_topk: torch.Tensor, log_q_tail: torch.Tensor) -> torch.Tensor:
+    """topk_kl per row from the k cached log-probabilities of both sides (..., k) and the
+    student's tail (...). Shared with the Triton kernel, which gets the student's side from its own
+    pass over the logits and differentiates this (small) function for its gradient."""
+    dtype = torch.promote_types(_at_least_fp32(log_p_topk).dtype, log_q_topk.dtype)
+    log_p_tail = _log_rest(log_p_topk.to(dtype))
+    rounding_only = torch.isneginf(log_q_tail) & (log_p_tail <= math.log(check.topk_cache_rounding(log_p_topk)))
+    log_p_tail = log_p_tail.masked_fill(rounding_only, -math.inf)
+    log_p = torch.cat([log_p_topk.to(dtype), log_p_tail.unsqueeze(-1)], dim=-1)
+    log_q = torch.cat([log_q_topk.to(dtype), log_q_tail.to(dtype).unsqueeze(-1)], dim=-1)
+    return _kl_rows(log_p, log_q).clamp(min=0.0)
+
+
+def _log_rest(log_probs: torch.Tensor) -> torch.Tensor:
+    """log(1 - sum_j exp(log_probs_j)) over the last dimension: the log of the mass the listed
+    entries leave, -inf where they sum to 1 or (by rounding) more.
+
+    log1mexp(x) = log(1 - exp(x)) is log(-expm1(x)) for x > -log 2 and log1p(-exp(x)) below
+    (Maechler 2012), each accurate on its side. Each branch is fed only inputs at which its
+    gradient is finite, because the branch torch.where leaves unused still passes 0 * inf = NaN back."""
+    log_sum = _logsumexp(log_probs)
+    full = log_sum >= 0.0
+    x = log_sum.masked_fill(full, -1.0)  # a stand-in: log1mexp's gradient at 0 is infinite
+    half = -math.log(2.0)
+    rest = torch.where(x > half, torch.log(-torch.expm1(x.clamp(min=half))), torch.log1p(-torch.exp(x.clamp(max=half))))
+    return rest.masked_fill(full, -math.inf)
+
+
+def _logsumexp(x: torch.Tensor) -> torch.Tensor:
+    """torch.logsumexp over the last dimension, with gradient 0 rather than NaN where every entry is -inf."""
+    empty = torch.isneginf(x).all(dim=-1, keepdim=True)
+    return torch.logsumexp(x.masked_fill(empty, 0.0), dim=-1).masked_fill(empty.squeeze(-1), -math.inf)
 
 
 def reduce_rows(per_row: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:

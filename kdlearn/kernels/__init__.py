@@ -1,6 +1,10 @@
 """Fused Triton kernels for the soft-target losses, one operation per module.
 
     softmax_divergence   forward KL, reverse KL and generalized JSD from raw logits at temperature T
+    topk_divergence      the KL against a teacher cached as its top-k log-probabilities (topk_kl)
+    linear_divergence    the LM head fused with either of them, a chunk of tokens at a time
+                         (fused_linear_kl): the N x V logits never exist
+    _common              what the kernels share: the online logsumexp, launch settings
 
 Users do not call these modules directly: kdlearn.kl_divergence, generalized_jsd and kd_loss
 dispatch to them (``backend=None`` picks the kernel wherever it can run, ``"triton"`` insists,
@@ -19,15 +23,12 @@ import sys
 
 import torch
 
-KERNEL_MODULES = ("kdlearn.kernels.softmax_divergence",)
-
 
 def interpreted() -> bool:
     """Whether the kernels run (or, once imported, will run) through Triton's interpreter."""
-    for name in KERNEL_MODULES:
-        module = sys.modules.get(name)
-        if module is not None:
-            return module.INTERPRETED
+    common = sys.modules.get("kdlearn.kernels._common")
+    if common is not None:
+        return common.INTERPRETED
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 

@@ -38,50 +38,22 @@ per-row flags back costs one host synchronisation per call, instead of separate 
 
 from __future__ import annotations
 
-import contextlib
 import math
 
-import numpy
 import torch
 import triton
 import triton.language as tl
 
 from kdlearn import _validation as check
-
-INTERPRETED = bool(triton.knobs.runtime.interpret)
+from kdlearn.kernels._common import (STUDENT_EMPTY, STUDENT_NAN, STUDENT_POSINF, TEACHER_EMPTY, TEACHER_NAN,
+                                     TEACHER_POSINF, as_rows, bad_value_flags, compute_dtype, launch_settings,
+                                     online_logsumexp, quiet_interpreter)
 
 # Globals a kernel reads must be tl.constexpr; Python reads them as .value.
 FORWARD, REVERSE, JSD = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 DIVERGENCES = {"forward": FORWARD.value, "reverse": REVERSE.value, "jsd": JSD.value}
-
-# What pass 1 can find wrong with a row, one bit each. The specification's checks word the error.
-STUDENT_NAN, STUDENT_POSINF = tl.constexpr(1), tl.constexpr(2)
-TEACHER_NAN, TEACHER_POSINF = tl.constexpr(4), tl.constexpr(8)
-STUDENT_EMPTY, TEACHER_EMPTY = tl.constexpr(16), tl.constexpr(32)
-
-# Columns a program holds at once. Larger blocks mean fewer loop iterations but more registers;
-# rows longer than this are streamed block by block.
-MAX_BLOCK_V = 4096
 # Saved per row for backward: max and log-sum of exp of each side, and the gradient's row constant.
 STATS = tl.constexpr(5)
-NUM_WARPS = 8
-
-
-@triton.jit
-def _online_logsumexp(x, running_max, running_sum):
-    """Fold a block x into a running max and a running sum of exp(x - running_max)."""
-    new_max = tl.maximum(running_max, tl.max(x, axis=0))
-    # While every value seen is -inf, shift by 0 rather than by -inf: exp(-inf - 0) = 0, not NaN.
-    shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-    running_sum = running_sum * tl.exp(running_max - shift) + tl.sum(tl.exp(x - shift), axis=0)
-    return new_max, running_sum
-
-
-@triton.jit
-def _bad_value_flags(x, NAN_FLAG: tl.constexpr, POSINF_FLAG: tl.constexpr):
-    has_nan = tl.max((x != x).to(tl.int32), axis=0)
-    has_posinf = tl.max((x == float("inf")).to(tl.int32), axis=0)
-    return has_nan * NAN_FLAG | has_posinf * POSINF_FLAG
 
 
 @triton.jit
@@ -133,10 +105,10 @@ def _forward_kernel(
         cols = start + offsets
         s = _load_row_block(student_row, cols, V, COMPUTE)
         t = _load_row_block(teacher_row, cols, V, COMPUTE)
-        flags |= _bad_value_flags(s, STUDENT_NAN, STUDENT_POSINF)
-        flags |= _bad_value_flags(t, TEACHER_NAN, TEACHER_POSINF)
-        max_a, sum_a = _online_logsumexp(s / T, max_a, sum_a)
-        max_b, sum_b = _online_logsumexp(t / T, max_b, sum_b)
+        flags |= bad_value_flags(s, STUDENT_NAN, STUDENT_POSINF)
+        flags |= bad_value_flags(t, TEACHER_NAN, TEACHER_POSINF)
+        max_a, sum_a = online_logsumexp(s / T, max_a, sum_a)
+        max_b, sum_b = online_logsumexp(t / T, max_b, sum_b)
     log_sum_a = tl.log(sum_a)
     log_sum_b = tl.log(sum_b)
 
@@ -226,16 +198,15 @@ class SoftmaxDivergenceFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, counted, T, divergence, beta):
         n_rows, V = student.shape
-        compute = torch.float64 if torch.float64 in (student.dtype, teacher.dtype) else torch.float32
+        compute = compute_dtype(student, teacher)
         loss = torch.empty(n_rows, dtype=compute, device=student.device)
         stats = torch.empty(n_rows, STATS.value, dtype=compute, device=student.device)
         flags = torch.empty(n_rows, dtype=torch.int32, device=student.device)
         temperature = torch.tensor([T], dtype=compute, device=student.device)
         ctx.launch = dict(V=V, temperature_ptr=temperature, **_beta_args(beta), DIVERGENCE=DIVERGENCES[divergence],
-                          COMPUTE=_triton_dtype(compute), BLOCK_V=min(triton.next_power_of_2(V), MAX_BLOCK_V),
-                          num_warps=NUM_WARPS)
+                          **launch_settings(V, compute))
         if n_rows:
-            with _quiet_interpreter():
+            with quiet_interpreter():
                 _forward_kernel[(n_rows,)](student, student.stride(0), teacher, teacher.stride(0), counted,
                                            loss, stats, flags, **ctx.launch)
         ctx.save_for_backward(student, teacher, counted, stats)
@@ -247,7 +218,7 @@ class SoftmaxDivergenceFunction(torch.autograd.Function):
         student, teacher, counted, stats = ctx.saved_tensors
         grad = torch.empty(student.shape, dtype=student.dtype, device=student.device)
         if student.shape[0]:
-            with _quiet_interpreter():
+            with quiet_interpreter():
                 _backward_kernel[(student.shape[0],)](student, student.stride(0), teacher, teacher.stride(0),
                                                       counted, stats, upstream.contiguous(), grad, grad.stride(0),
                                                       **ctx.launch)
@@ -263,7 +234,7 @@ def softmax_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     0 < beta < 1). Rows may have any stride; a vocabulary that is not contiguous, or leading
     dimensions that do not flatten into one, are copied first.
     """
-    student, teacher = _as_rows(student_logits), _as_rows(teacher_logits)
+    student, teacher = as_rows(student_logits), as_rows(teacher_logits)
     counted = valid.reshape(-1).to(torch.int8)
     per_row, flags = SoftmaxDivergenceFunction.apply(student, teacher, counted, T, divergence, beta)
     if flags.any():
@@ -271,34 +242,11 @@ def softmax_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     return per_row.view(valid.shape)
 
 
-def _as_rows(logits: torch.Tensor) -> torch.Tensor:
-    """(..., V) as (N, V) with unit column stride: a view wherever one exists."""
-    if logits.stride(-1) != 1:
-        logits = logits.contiguous()
-    try:
-        return logits.view(-1, logits.shape[-1])
-    except RuntimeError:  # leading dimensions that no single row stride describes
-        return logits.reshape(-1, logits.shape[-1])
-
-
 def _beta_args(beta: float) -> dict:
     """beta and its logs, for the JSD's mixture; the KLs ignore them (beta is 0 or 1 there)."""
     inside = 0.0 < beta < 1.0
     return dict(beta=beta, log_beta=math.log(beta) if inside else 0.0,
                 log_one_minus_beta=math.log1p(-beta) if inside else 0.0)
-
-
-def _quiet_interpreter():
-    """The interpreter evaluates both sides of every tl.where with NumPy, which warns about the
-    -inf - -inf and log(0) in the side that is then thrown away, and about a gradient that exceeds
-    fp16 (stored as inf, as torch does); compiled kernels do not warn."""
-    if not INTERPRETED:
-        return contextlib.nullcontext()
-    return numpy.errstate(invalid="ignore", divide="ignore", over="ignore")
-
-
-def _triton_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def _raise_for_bad_values(student_logits, teacher_logits, valid) -> None:

@@ -19,16 +19,25 @@ import pytest
 
 # kernel -> (argument types by name, the constexpr variants to compile). "{x}" is the input
 # element type, "{c}" the compute type (fp64 for fp64 inputs, else fp32).
+ELEMENTS = ("fp32", "bf16", "fp16", "fp64")
 SOFTMAX_DIVERGENCE_COMMON = dict(student_ptr="*{x}", student_row_stride="i64", teacher_ptr="*{x}",
                                  teacher_row_stride="i64", counted_ptr="*i8", V="i32", temperature_ptr="*{c}",
                                  beta="fp32", log_beta="fp32", log_one_minus_beta="fp32")
+SOFTMAX_DIVERGENCE_VARIANTS = [dict(x=x, DIVERGENCE=d, BLOCK_V=4096) for x in ELEMENTS for d in (0, 1, 2)]
+TOPK_VARIANTS = [dict(x=x, BLOCK_V=4096) for x in ELEMENTS]
 KERNELS = {
-    "kdlearn.kernels.softmax_divergence._forward_kernel": dict(
-        SOFTMAX_DIVERGENCE_COMMON, loss_ptr="*{c}", stats_ptr="*{c}", flags_ptr="*i32"),
-    "kdlearn.kernels.softmax_divergence._backward_kernel": dict(
+    "kdlearn.kernels.softmax_divergence._forward_kernel": (dict(
+        SOFTMAX_DIVERGENCE_COMMON, loss_ptr="*{c}", stats_ptr="*{c}", flags_ptr="*i32"), SOFTMAX_DIVERGENCE_VARIANTS),
+    "kdlearn.kernels.softmax_divergence._backward_kernel": (dict(
         SOFTMAX_DIVERGENCE_COMMON, stats_ptr="*{c}", upstream_ptr="*{c}", grad_ptr="*{x}", grad_row_stride="i64"),
+        SOFTMAX_DIVERGENCE_VARIANTS),
+    "kdlearn.kernels.topk_divergence._tail_logsumexp_kernel": (dict(
+        student_ptr="*{x}", student_row_stride="i64", cached_bits_ptr="*i32", bits_row_stride="i64",
+        stats_ptr="*{c}", flags_ptr="*i32", V="i32", temperature_ptr="*{c}"), TOPK_VARIANTS),
+    "kdlearn.kernels.topk_divergence._tail_gradient_kernel": (dict(
+        student_ptr="*{x}", student_row_stride="i64", stats_ptr="*{c}", scale_ptr="*{c}", grad_ptr="*{x}",
+        grad_row_stride="i64", V="i32", temperature_ptr="*{c}"), TOPK_VARIANTS),
 }
-VARIANTS = [dict(x=x, DIVERGENCE=d, BLOCK_V=4096) for x in ("fp32", "bf16", "fp16", "fp64") for d in (0, 1, 2)]
 
 COMPILE = textwrap.dedent("""
     import importlib, json, sys
@@ -56,7 +65,8 @@ COMPILE = textwrap.dedent("""
 @pytest.mark.parametrize("kernel", list(KERNELS))
 def test_kernel_compiles_for_sm90(kernel):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", COMPILE, json.dumps([kernel, KERNELS[kernel], VARIANTS])],
+    types, variants = KERNELS[kernel]
+    result = subprocess.run([sys.executable, "-c", COMPILE, json.dumps([kernel, types, variants])],
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{kernel} does not compile:\n{result.stdout}{result.stderr[-3000:]}"
-    assert result.stdout.count("compiled") == len(VARIANTS)
+    assert result.stdout.count("compiled") == len(variants)

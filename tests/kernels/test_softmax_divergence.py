@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kdlearn
+from kdlearn.kernels import _common
 from kdlearn.kernels import softmax_divergence as kernel_module
 from tests.test_losses_fuzz import k_factor, logit_pairs
 
@@ -130,7 +131,7 @@ def test_each_reduction_with_an_upstream_gradient_other_than_one(name, reduction
 @pytest.mark.parametrize("name", DIVERGENCES)
 def test_streams_rows_longer_than_a_block(name, monkeypatch):
     """With blocks of 16 columns, a row of 100 takes 7 blocks, the last one partial, one all -inf."""
-    monkeypatch.setattr(kernel_module, "MAX_BLOCK_V", 16)
+    monkeypatch.setattr(_common, "MAX_BLOCK_V", 16)
     student, teacher = logits((4, 100), 10), logits((4, 100), 11)
     student[:, 16:32] = -math.inf     # a whole block masked: the running max stays finite
     teacher[:, 16:32] = -math.inf
