@@ -15,6 +15,7 @@ from scipy.special import log_softmax, rel_entr, softmax
 
 import kdlearn
 from kdlearn.losses import _log_rest
+from tests.test_losses import np_reduce
 from tests.test_losses_fuzz import logit_pairs
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -38,15 +39,6 @@ def np_topk_kl(student: np.ndarray, log_p_topk: np.ndarray, indices: np.ndarray,
     p_topk = np.exp(log_p_topk)
     p_tail = np.maximum(1.0 - p_topk.sum(axis=-1), 0.0)
     return rel_entr(p_topk, q_topk).sum(axis=-1) + rel_entr(p_tail, q_tail)
-
-
-def np_reduce(rows: np.ndarray, valid: np.ndarray, reduction: str):
-    rows = np.where(valid, rows, 0.0)
-    if reduction == "none":
-        return rows
-    if reduction == "sum":
-        return rows.sum()
-    return rows.sum() / max(int(valid.sum()), 1)
 
 
 # --- inputs -----------------------------------------------------------------------------------
