@@ -14,17 +14,19 @@ from the same initial weights, distilled from the teacher on the transfer set wi
 The paper's MNIST figures are 67 / 146 / 74 test errors of 10,000: distillation closed 91% of
 the gap between the small net and the teacher.
 
-What mattered on digits (each tried over 3 to 6 seeds; test errors of 540):
-- The student's capacity. A 10-10 student is too small to follow the soft targets: distilled, it
-  made more errors than from scratch (60 against 44). The paper's 30-30 shows the effect; wider
-  students (64-64, 128-128) show it too, with a smaller gap to close.
-- Epochs. Distillation keeps improving after the from-scratch net has fit its hard labels: at
-  60 student epochs it closed about 56% of the gap, at 100 about 66%.
-- Jitter. Shifting 8x8 digits by 1 pixel (an eighth of the image, against 2 of 28 on MNIST) made
-  the teacher worse (about 21 errors against 12 at 60 epochs, 14 at 150), so the digits teacher is
-  trained without it. Jittering the transfer set changed the distilled student within noise.
-- T and alpha mattered less: T from 3 to 5 and alpha 0.9 or 1 were within a seed's noise; T = 2
-  and T = 8 were worse, as the paper found for 30-unit nets (2.5 to 4 worked best).
+What mattered on digits, found by tuning over 3 to 12 seeds (test errors of 540):
+- The student's capacity. A student that is too small (10-10) cannot follow the soft targets and
+  ends up worse distilled than from scratch; a wide one leaves little gap to close. The default
+  is 20-20.
+- How long, and how fast, each student trains. From scratch, more epochs gain nothing once the
+  hard labels are fit (50 epochs at lr 0.05); distilled, the soft targets keep teaching for
+  longer, at a lower rate (150 epochs at lr 0.03).
+- Jitter. Shifting 8x8 digits by 1 pixel (an eighth of the image, against 2 of 28 on MNIST)
+  made the teacher worse, so neither the teacher nor the transfer set is jittered.
+- T and alpha mattered least: T from 2 to 6 and alpha from 0.5 to 1 were within a seed's noise
+  (lesson 02 shows the grid).
+With these defaults, seeds 0-2: teacher 10.0, from scratch 18.3, distilled 11.3 mean test errors:
+distillation closed 84% of the gap.
 """
 
 from __future__ import annotations
