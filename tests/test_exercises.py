@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import kdlearn.exercises
 from kdlearn.course import SOLUTION_BEGIN
 from kdlearn.exercises import CORRECT, NOT_ATTEMPTED, WRONG, Exercise, lesson00, lesson01
+from tests.wrong_answers import assert_caught, wrong
 
 ROOT = Path(__file__).parents[1]
 SOLUTIONS = ROOT / "solutions"
@@ -269,9 +270,6 @@ def kd_raises(s, t, y, T, alpha):
     return s + "a string"   # TypeError, as a learner's typo would raise
 
 
-def wrong(exercise, answer, hint="", detail="", id=None):
-    return pytest.param(exercise, answer, hint, detail, id=id or getattr(answer, "__name__", repr(answer)))
-
 
 WRONG_ANSWERS = [
     wrong(lesson00.cross_entropy, ce_missing_minus, hint="*negative* log-probability"),
@@ -306,14 +304,8 @@ def test_the_switchable_loss_is_right_when_no_switch_is_on():
 @pytest.mark.parametrize("exercise, answer, hint, detail", WRONG_ANSWERS)
 def test_wrong_answer_gets_its_hint(exercise, answer, hint, detail):
     """A common mistake is reported as 'not yet' with the hint that names it, never as a traceback."""
-    verdict = exercise.evaluate(answer)
-    assert verdict.status == WRONG, str(verdict)
-    assert not verdict.passed
-    assert hint in verdict.hint, str(verdict)
-    assert detail in verdict.detail, str(verdict)
-    lines = str(verdict).split("\n")
-    assert lines[0] == f"Exercise {exercise.number} ({exercise.title}): not yet ✗"
-    assert lines[-1] == f"  Hint: {verdict.hint}"
+    assert_caught(exercise, answer, hint, detail)
+
 
 
 @pytest.mark.parametrize("exercise, answer, hint, detail", WRONG_ANSWERS)

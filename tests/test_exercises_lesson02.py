@@ -15,8 +15,9 @@ import torch
 
 import kdlearn
 from kdlearn import data, models, training
-from kdlearn.exercises import CORRECT, WRONG, lesson02
+from kdlearn.exercises import CORRECT, lesson02
 from kdlearn.experiments import hinton
+from tests.wrong_answers import assert_caught, wrong
 
 # --- Exercise 2.1: right and wrong shares of the gap ---------------------------------------------
 
@@ -146,9 +147,6 @@ def st_steps_teacher(student, teacher, optimizer, x, y, T, alpha):
     return loss
 
 
-def wrong(exercise, answer, hint, detail=""):
-    return pytest.param(exercise, answer, hint, detail, id=answer.__name__)
-
 
 WRONG_ANSWERS = [
     wrong(lesson02.gap_closed, gc_percent, "not a percentage"),
@@ -176,10 +174,8 @@ WRONG_ANSWERS = [
 @pytest.mark.parametrize("exercise, answer, hint, detail", WRONG_ANSWERS)
 def test_wrong_answer_gets_its_hint(exercise, answer, hint, detail):
     """A common mistake is reported as 'not yet' with the hint that names it, never as a traceback."""
-    verdict = exercise.evaluate(answer)
-    assert verdict.status == WRONG, str(verdict)
-    assert hint in verdict.hint, str(verdict)
-    assert detail in verdict.detail, str(verdict)
+    assert_caught(exercise, answer, hint, detail)
+
 
 
 @pytest.mark.parametrize("exercise, answer", [

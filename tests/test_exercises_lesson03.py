@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from kdlearn import models
-from kdlearn.exercises import CORRECT, WRONG, lesson03
+from kdlearn.exercises import CORRECT, lesson03
+from tests.wrong_answers import assert_caught
 
 # --- Exercise 3.1: shifting one class's bias ---------------------------------------------------
 
@@ -202,11 +203,8 @@ WRONG_ANSWERS = [
                          ids=[f"{e.number}-{a.__name__}" for e, a, _, _ in WRONG_ANSWERS])
 def test_wrong_answer_gets_its_hint(exercise, answer, detail, hint):
     """A common mistake is 'not yet', says what came back, and names the mistake; never a traceback."""
-    verdict = exercise.evaluate(answer)
-    assert verdict.status == WRONG, str(verdict)
-    assert detail in verdict.detail, str(verdict)
-    assert hint in verdict.hint, str(verdict)
-    assert "Traceback" not in str(verdict)
+    assert_caught(exercise, answer, hint, detail)
+
 
 
 def test_the_wrong_answers_differ_from_the_right_one_by_their_mistake_only():
