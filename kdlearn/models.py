@@ -24,7 +24,7 @@ from torch import nn
 # milliseconds a batch. The big student keeps 800-800's place between teacher and small student.
 # The small student is cut from 30-30 to 20-20. Trained well, a 30-30 net from scratch comes
 # within about 4 errors (of 540) of the teacher: too close for distillation's gain to stand out
-# from the seeds' noise. A 20-20 net is short enough of capacity to stay about 7 errors behind,
+# from the seeds' noise. A 20-20 net is short enough of capacity to stay about 5 errors behind,
 # yet large enough to follow the teacher's soft targets (a 10-10 net could not: distilled, it
 # stayed far behind the teacher).
 WIDTHS: dict[str, dict[str, tuple[int, ...]]] = {
