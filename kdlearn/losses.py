@@ -278,10 +278,9 @@ def _use_triton(backend, logits: torch.Tensor, teacher_needs_grad: bool = False)
         return False
     from kdlearn import kernels
 
-    reason = kernels.unavailable_reason(logits.device)
-    if backend is None:
-        return reason is None and logits.is_cuda and not teacher_needs_grad
-    if reason:
+    if backend is None:  # CPU tensors first: this runs on every loss call of a training loop
+        return logits.is_cuda and not teacher_needs_grad and kernels.unavailable_reason(logits.device) is None
+    if reason := kernels.unavailable_reason(logits.device):
         raise ValueError(f"backend='triton' cannot run here: {reason}")
     if teacher_needs_grad:
         raise ValueError("backend='triton' computes no gradient for teacher_logits, which requires one; "
