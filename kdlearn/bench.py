@@ -365,9 +365,9 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m kdlearn.bench") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m kdlearn.bench",
+        prog=prog,
         description="Time a forward + backward step of kdlearn's fused losses against plain PyTorch, and "
                     "measure the peak memory it adds. Cases: 'softmax' (the softmax-KL on given logits: "
                     "the Triton kernel vs torch eager and torch.compile on a GPU, the PyTorch reference vs "

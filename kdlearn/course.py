@@ -95,6 +95,9 @@ def build(solutions: Path, lessons: Path, *, run: bool = True, only: list[str] |
     """Run the references and write their learner versions; ``only`` names some lessons by the start
     of their file name ("05", "05_write_the_kernel"), to rebuild those alone."""
     pairs = lesson_pairs(solutions, lessons)
+    if not pairs:
+        raise SystemExit(f"no reference lessons (NN_name.ipynb) in {solutions.resolve()}: run this from the "
+                         "root folder of the kdlearn repository")
     if only:
         unknown = [name for name in only if not any(ref.name.startswith(name) for ref, _ in pairs)]
         if unknown:
@@ -132,8 +135,8 @@ def measure(paths: list[Path]) -> list[tuple[str, float, float, int]]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kdlearn.course", description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m kdlearn.course") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument("--solutions", type=Path, default=Path("solutions"), help="reference lessons (default: solutions)")
     parser.add_argument("--lessons", type=Path, default=Path("lessons"), help="learner versions (default: lessons)")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -259,9 +259,9 @@ def _gap_closed(teacher: float, scratch: float, distilled: float) -> float:
     return (scratch - distilled) / (scratch - teacher) if scratch != teacher else float("nan")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m kdlearn.experiments.hinton") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m kdlearn.experiments.hinton",
+        prog=prog,
         description="Hinton et al. 2015 reproduced: teacher, small net from scratch, small net distilled, "
                     "their test errors beside the paper's.")
     parser.add_argument("--data", choices=data.DATASETS, default="digits",

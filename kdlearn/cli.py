@@ -1,0 +1,47 @@
+"""The ``kdlearn`` command: one entry point for the course's tools.
+
+Each subcommand hands the rest of the command line to the module that implements it, so its
+options and its ``--help`` are that module's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name: (module whose main(argv, prog) runs it, arguments put before the user's, one line of help)
+COMMANDS = {
+    "check": ("kdlearn.grading", [],
+              "grade learners' notebooks: pass, fail with the hint, or not attempted, per exercise"),
+    "build": ("kdlearn.course", ["build"],
+              "run the reference lessons in solutions/ and write the learner versions in lessons/"),
+    "hinton": ("kdlearn.experiments.hinton", [],
+               "Hinton et al. 2015 reproduced: teacher, student from scratch, student distilled"),
+    "bench": ("kdlearn.bench", [],
+              "time and measure the memory of kdlearn's fused losses against plain PyTorch"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="kdlearn",
+        description="Learn and do knowledge distillation: the course's tools.",
+        epilog="`kdlearn COMMAND --help` describes a command's options. "
+               "Example: kdlearn check submissions/ --csv grades.csv")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, _, summary) in COMMANDS.items():
+        # No options here: every argument after the command, --help included, is the module's.
+        commands.add_parser(name, help=summary, add_help=False)
+    args, rest = parser.parse_known_args(argv)
+
+    module, leading, _ = COMMANDS[args.command]
+    # The module's usage lines name the command as typed: "kdlearn check", and "kdlearn build" for
+    # course's own build subcommand.
+    prog = "kdlearn" if leading else f"kdlearn {args.command}"
+    # Imported only when asked for: each brings its own dependencies (nbval, the datasets, ...).
+    return importlib.import_module(module).main([*leading, *rest], prog=prog)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
