@@ -197,7 +197,7 @@ def test_right_answers_pass(exercise, answer):
 def test_gap_closed_is_the_experiments_figure():
     """The lesson's figure and hinton.Results.gap_closed agree, on the paper's table and on a run's."""
     assert lesson02.reference("gap_closed")([67], [146], [74]) == pytest.approx(72 / 79)
-    results = hinton.Results(hinton.Settings(seeds=(0, 1, 2)), in_features=64, test_size=540,
+    results = hinton.Results(hinton.Settings(seeds=(0, 1, 2)), in_features=64, num_classes=10, test_size=540,
                              errors={"teacher": [12, 12, 11], "scratch": [15, 21, 16], "distilled": [17, 15, 14]})
     assert lesson02.reference("gap_closed")(*(results.errors[name] for name in hinton.MODELS)) == pytest.approx(
         results.gap_closed())
