@@ -109,6 +109,14 @@ class Exercise:
         return fallback
 
 
+def named_answer(answers: dict[str, Callable], name: str) -> Callable:
+    """``answers[name]``, or a ValueError listing the names there are: each lesson module's
+    ``reference(name)``, which hands kdlearn's own answer to a notebook, looks names up here."""
+    if name not in answers:
+        raise ValueError(f"name must be one of {', '.join(map(repr, answers))}; got {name!r}")
+    return answers[name]
+
+
 # --- helpers the lesson modules use to compare an answer with the expected one ---------------
 
 

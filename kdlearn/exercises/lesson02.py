@@ -24,7 +24,7 @@ import torch
 
 import kdlearn
 from kdlearn import models
-from kdlearn.exercises import Exercise, Mismatch, close
+from kdlearn.exercises import Exercise, Mismatch, close, named_answer
 
 # --- kdlearn's answers -------------------------------------------------------------------------
 
@@ -57,9 +57,7 @@ _REFERENCES = {"gap_closed": _gap_closed, "distillation_step": _distillation_ste
 def reference(name: str):
     """kdlearn's answer to exercise ``name`` ("gap_closed" or "distillation_step"), a plain function
     with the exercise's arguments."""
-    if name not in _REFERENCES:
-        raise ValueError(f"name must be one of {', '.join(map(repr, _REFERENCES))}; got {name!r}")
-    return _REFERENCES[name]
+    return named_answer(_REFERENCES, name)
 
 
 def _as_float(result, what: str) -> float:

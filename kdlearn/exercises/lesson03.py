@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from kdlearn import models
-from kdlearn.exercises import Exercise, Mismatch, close, expect_close, show
+from kdlearn.exercises import Exercise, Mismatch, close, expect_close, named_answer, show
 
 # --- kdlearn's answers -------------------------------------------------------------------------
 
@@ -53,9 +53,7 @@ _REFERENCES = {"shift_bias": _shift_bias, "choose_shift": _choose_shift}
 def reference(name: str):
     """kdlearn's answer to exercise ``name`` ("shift_bias" or "choose_shift"), a plain function
     with the exercise's arguments."""
-    if name not in _REFERENCES:
-        raise ValueError(f"name must be one of {', '.join(map(repr, _REFERENCES))}; got {name!r}")
-    return _REFERENCES[name]
+    return named_answer(_REFERENCES, name)
 
 
 # --- Exercise 3.1: shift one class's bias, on a copy ---------------------------------------------

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import kdlearn
-from kdlearn.exercises import Exercise, Mismatch, as_tensor, expect_close
+from kdlearn.exercises import Exercise, Mismatch, as_tensor, expect_close, named_answer
 
 # --- kdlearn's answers -------------------------------------------------------------------------
 
@@ -60,9 +60,7 @@ _REFERENCES = {"soft_term_gradient": _soft_term_gradient, "log_log_slope": _log_
 def reference(name: str):
     """kdlearn's answer to exercise ``name`` (one of soft_term_gradient, log_log_slope,
     logit_matching_gradient), a plain function with the exercise's arguments."""
-    if name not in _REFERENCES:
-        raise ValueError(f"name must be one of {', '.join(map(repr, _REFERENCES))}; got {name!r}")
-    return _REFERENCES[name]
+    return named_answer(_REFERENCES, name)
 
 
 def _gradient_result(got, expected: torch.Tensor, what: str) -> torch.Tensor:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 import kdlearn
-from kdlearn.exercises import Exercise, Mismatch, close, expect_close, show
+from kdlearn.exercises import Exercise, Mismatch, close, expect_close, named_answer, show
 
 try:
     import triton.language as tl  # the harnesses' globals must hold it, for the interpreter and the compiler
@@ -82,12 +82,11 @@ _jitted: dict = {}
 def reference(name: str):
     """kdlearn's answer to exercise ``name`` (one of softmax_row, online_update, kl_terms,
     kl_gradient), as a @triton.jit function a kernel can call."""
-    if name not in _REFERENCES:
-        raise ValueError(f"name must be one of {', '.join(map(repr, _REFERENCES))}; got {name!r}")
+    answer = named_answer(_REFERENCES, name)
     if name not in _jitted:
         import triton
 
-        _jitted[name] = triton.jit(_REFERENCES[name])
+        _jitted[name] = triton.jit(answer)
     return _jitted[name]
 
 
