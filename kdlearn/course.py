@@ -81,8 +81,10 @@ def execute(notebook: nbformat.NotebookNode, directory: Path) -> nbformat.Notebo
     """Run the notebook top to bottom in a fresh kernel, in ``directory``; outputs are stored."""
     from nbclient import NotebookClient
 
+    # The widgets' state is stored so that a slider shows where it stood in a notebook opened without a
+    # kernel; the figure beside it is an ordinary output (kdlearn.plots).
     client = NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                            resources={"metadata": {"path": str(directory)}}, store_widget_state=False)
+                            resources={"metadata": {"path": str(directory)}}, store_widget_state=True)
     client.execute()
     return notebook
 
