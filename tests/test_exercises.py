@@ -377,3 +377,12 @@ def test_not_attempted_verdict_tells_what_to_replace():
     assert verdict.status == NOT_ATTEMPTED
     assert "NotImplementedError" in str(verdict)
     assert "Hint:" not in str(verdict)
+
+
+def test_a_claim_that_holds_prints_its_statement_and_one_that_fails_raises(capsys):
+    from kdlearn.exercises import ClaimFailed, claim
+
+    claim("distillation closes most of the gap", True, measured="84% closed")
+    assert capsys.readouterr().out == "✓ distillation closes most of the gap\n"
+    with pytest.raises(ClaimFailed, match="closes most of the gap, but this run measured otherwise: 12% closed"):
+        claim("distillation closes most of the gap", False, measured="12% closed")

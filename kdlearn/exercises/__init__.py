@@ -117,6 +117,25 @@ def named_answer(answers: dict[str, Callable], name: str) -> Callable:
     return answers[name]
 
 
+class ClaimFailed(AssertionError):
+    """A fact that a lesson's prose states did not hold in this run."""
+
+
+def claim(statement: str, holds: bool, measured: str = "") -> None:
+    """Print ``✓ statement`` when ``holds``; raise ClaimFailed when it does not.
+
+    A lesson's prose may say what its run measured ("distillation closes most of the gap") only
+    where a cell tagged ``nbval-check-output`` claims it: the printed line is stored, so a rerun in
+    which the fact stops holding fails nbval instead of leaving the prose wrong. ``measured`` (the
+    figures behind the claim) is shown only when it fails, so the stored line does not change with
+    a figure that may move a little."""
+    if not holds:
+        raise ClaimFailed(f"The lesson says that {statement}, but this run measured otherwise"
+                          f"{': ' + measured if measured else ''}. Rerun the lesson from the top; if it "
+                          f"still fails, the text above needs to change with the numbers.")
+    print(f"✓ {statement}")
+
+
 # --- helpers the lesson modules use to compare an answer with the expected one ---------------
 
 
