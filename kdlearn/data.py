@@ -1,4 +1,5 @@
-"""Datasets for the Hinton 2015 lessons: fixed train / transfer / test splits as float32 tensors.
+"""Datasets for the Hinton 2015 lessons: fixed train / validation / transfer / test splits as
+float32 tensors.
 
     from kdlearn import data
     ds = data.digits()        # scikit-learn's 8x8 digits, bundled with scikit-learn: no network
@@ -7,14 +8,26 @@
 
     ds.train.x   # float32 (N, H*W), pixels in [0, 1]
     ds.train.y   # int64 (N,), classes 0..9
+    ds.validation                  # held out of train: choose settings on it, never on ds.test
     ds.transfer.without_class(3)   # lesson 03: a transfer set with every 3 removed
 
 digits() needs scikit-learn (part of kdlearn[course]); mnist() needs network once, then reads
 its verified copy from the user's cache folder, and raises DataUnavailableError (an OSError)
 naming digits() as the alternative when it can neither download nor find the files.
 
-The transfer split is the teacher's own training set, as in the paper, but as a Split of its
-own (its own tensors): a lesson may change it without touching the training set.
+The splits are fixed: the same images on every machine and every call. The test split is for
+the figures a lesson reports; the validation split, carved out of the training images and
+disjoint from both train and test, is for choosing settings (learning rates, epochs, T, alpha,
+a bias shift) by measurement. The transfer split is the teacher's own training set, as in the
+paper, but as a Split of its own (its own tensors): a lesson may change it without touching
+the training set.
+
+Every held-out split (digits' test, digits' and MNIST's validation) follows one rule: of N
+images, n_c of class c, a split of `size` images gives class c size * n_c / N rounded down,
+then one more image to each of the classes with the largest remainders until there are `size`
+(equal remainders: the lower class first); within a class the images are drawn by
+numpy.random.RandomState(seed), NumPy's legacy generator, whose stream is frozen, so that the
+split is the same for every NumPy version.
 """
 
 from __future__ import annotations
@@ -75,7 +88,9 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A named dataset: image_shape (H, W), num_classes, and its train, transfer and test Splits."""
+    """A named dataset: image_shape (H, W), num_classes, and its Splits: train, transfer (the same
+    images as train, in tensors of its own), test, and validation (held out of the training
+    images, for choosing settings; None only in a Dataset built by hand without one)."""
 
     name: str
     image_shape: tuple[int, int]
@@ -83,39 +98,46 @@ class Dataset:
     train: Split
     transfer: Split
     test: Split
+    validation: Split | None = None  # last, with a default: Dataset(...) written before it still works
 
 
 # The digits test split: the fixed 30% of scikit-learn's 1797 images, stratified by class.
 DIGITS_TEST_SIZE = 540
 DIGITS_SEED = 0
+# The digits validation split, carved from the other 1257: 270 images (about 27 a class). The
+# training set keeps 987, over three quarters of what it had, and a setting's validation errors
+# are counted on half as many images as its test errors. Its own seed: the test split stays.
+DIGITS_VALIDATION_SIZE = 270
+DIGITS_VALIDATION_SEED = 1
 
 
 def digits() -> Dataset:
     """scikit-learn's 8x8 handwritten digits (1797 images, bundled with scikit-learn), fixed splits.
 
-    test: 540 images (30%, rounded up), stratified: each class gets its share 540 * n_c / 1797
-    rounded by largest remainder (52 to 55 per class), chosen within the class by
-    numpy.random.RandomState(0) (NumPy's legacy generator, whose stream is frozen, so the split is
-    the same on every machine, NumPy and scikit-learn version). train: the other 1257 images.
-    transfer: the same images as train, in tensors of its own. Each split is in scikit-learn's
-    order. Pixels (0..16 in scikit-learn) are divided by 16: float32 (N, 64) in [0, 1].
+    test: 540 images (30%, rounded up), stratified by class: 540 * n_c / 1797 rounded by largest
+    remainder (52 to 55 a class), drawn by RandomState(0). validation: 270 of the other 1257
+    images, stratified over those 1257 by the same rule, 270 * n_c / 1257 rounded by largest
+    remainder (26 to 28 a class), drawn by RandomState(1). train: the remaining 987 images.
+    transfer: the same images as train, in tensors of its own. The module docstring states the
+    rule in full. Each split is in scikit-learn's order. Pixels (0..16 in scikit-learn) are
+    divided by 16: float32 (N, 64) in [0, 1].
 
     Each call returns new tensors: a learner who changes one Dataset changes no other.
     """
-    x, y, test = _digits_arrays()
-    train = ~test
+    x, y, test, validation = _digits_arrays()
+    train = ~(test | validation)
 
     def split(rows: np.ndarray) -> Split:  # numpy's boolean indexing copies: new tensors per split
         return Split(torch.from_numpy(x[rows]), torch.from_numpy(y[rows]))
 
-    return Dataset(name="digits", image_shape=(8, 8), num_classes=10,
-                   train=split(train), transfer=split(train), test=split(test))
+    return Dataset(name="digits", image_shape=(8, 8), num_classes=10, train=split(train), transfer=split(train),
+                   test=split(test), validation=split(validation))
 
 
 @functools.lru_cache(maxsize=1)
-def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The images (float32 (1797, 64) in [0, 1]), labels (int64) and the boolean test mask; read
-    only (callers copy into tensors of their own)."""
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The images (float32 (1797, 64) in [0, 1]), labels (int64) and the boolean test and
+    validation masks; read only (callers copy into tensors of their own)."""
     try:
         from sklearn.datasets import load_digits
     except ImportError as error:
@@ -125,26 +147,36 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     bunch = load_digits()
     x = (bunch.data / 16.0).astype(np.float32)
     y = bunch.target.astype(np.int64)
-    test = _stratified_test_mask(y, DIGITS_TEST_SIZE, DIGITS_SEED)
-    for array in (x, y, test):
+    test = _stratified_mask(y, DIGITS_TEST_SIZE, DIGITS_SEED)
+    validation = _stratified_mask_within(~test, y, DIGITS_VALIDATION_SIZE, DIGITS_VALIDATION_SEED)
+    for array in (x, y, test, validation):
         array.flags.writeable = False
-    return x, y, test
+    return x, y, test, validation
 
 
-def _stratified_test_mask(y: np.ndarray, test_size: int, seed: int) -> np.ndarray:
-    """A boolean mask of test_size examples, each class's share proportional to its count
-    (largest remainder, ties to the lower class), the examples within a class by RandomState(seed)."""
+def _stratified_mask(y: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """A boolean mask of `size` examples, each class's share proportional to its count (largest
+    remainder, ties to the lower class), the examples within a class drawn by RandomState(seed)."""
     classes, counts = np.unique(y, return_counts=True)
-    exact = counts * test_size / len(y)
-    share = np.floor(exact).astype(np.int64)
+    # In integers, so that equal remainders are equal: size * n_c / N = share + remainder / N.
+    share, remainder = np.divmod(counts * size, len(y))
     # A stable sort on the negated remainders: the largest first, equal ones in class order.
-    by_remainder = np.argsort(-(exact - share), kind="stable")
-    share[by_remainder[: test_size - share.sum()]] += 1
+    by_remainder = np.argsort(-remainder, kind="stable")
+    share[by_remainder[: size - share.sum()]] += 1
     rng = np.random.RandomState(seed)
     mask = np.zeros(len(y), dtype=bool)
     for c, n in zip(classes, share):
         members = np.flatnonzero(y == c)
         mask[members[rng.permutation(len(members))[:n]]] = True
+    return mask
+
+
+def _stratified_mask_within(pool: np.ndarray, y: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """A boolean mask over all of y: `size` of the examples where `pool` is True, stratified over
+    the pool's own class counts (_stratified_mask)."""
+    members = np.flatnonzero(pool)
+    mask = np.zeros(len(y), dtype=bool)
+    mask[members[_stratified_mask(y[members], size, seed)]] = True
     return mask
 
 
@@ -172,8 +204,13 @@ class DataUnavailableError(OSError):
 
 
 def mnist(cache_dir: str | os.PathLike | None = None, download: bool = True) -> Dataset:
-    """The real MNIST: train 60000 images, transfer = the same 60000 (tensors of its own), test
-    10000; pixels (0..255) divided by 255: float32 (N, 784) in [0, 1]; labels int64.
+    """The real MNIST: of the 60000 training images, validation 5000 and train the other 55000;
+    transfer = the same 55000 as train (tensors of its own); test the standard 10000. Pixels
+    (0..255) divided by 255: float32 (N, 784) in [0, 1]; labels int64.
+
+    validation: a twelfth of the training file's images, rounded half up (5000 of the standard
+    60000), stratified by class by the module docstring's rule, drawn by RandomState(1). Each
+    split keeps the files' order.
 
     The four standard IDX files (about 11 MB) are downloaded once, from the first mirror in
     MNIST_MIRRORS that answers, and kept in cache_dir, by default $KDLEARN_CACHE/mnist, else
@@ -186,10 +223,26 @@ def mnist(cache_dir: str | os.PathLike | None = None, download: bool = True) -> 
     """
     folder = _mnist_folder(cache_dir)
     paths = {name: _cached_or_downloaded(folder, name, download) for name in MNIST_FILES}
-    train = _mnist_split(paths["train-images-idx3-ubyte.gz"], paths["train-labels-idx1-ubyte.gz"])
+    everything = _mnist_split(paths["train-images-idx3-ubyte.gz"], paths["train-labels-idx1-ubyte.gz"])
     test = _mnist_split(paths["t10k-images-idx3-ubyte.gz"], paths["t10k-labels-idx1-ubyte.gz"])
-    transfer = Split(train.x.clone(), train.y.clone())
-    return Dataset(name="mnist", image_shape=(28, 28), num_classes=10, train=train, transfer=transfer, test=test)
+    y = everything.y.numpy()
+    validation = torch.from_numpy(_stratified_mask(y, _mnist_validation_size(len(y)), MNIST_VALIDATION_SEED))
+    train = Split(everything.x[~validation], everything.y[~validation])  # boolean indexing copies
+    return Dataset(name="mnist", image_shape=(28, 28), num_classes=10, train=train,
+                   transfer=Split(train.x.clone(), train.y.clone()), test=test,
+                   validation=Split(everything.x[validation], everything.y[validation]))
+
+
+# MNIST's validation split: 5000 of the 60000 training images, drawn by its own seed.
+MNIST_VALIDATION_SIZE = 5_000
+MNIST_TRAIN_SIZE = 60_000
+MNIST_VALIDATION_SEED = 1
+
+
+def _mnist_validation_size(train_images: int) -> int:
+    """How many of a training file's images mnist() holds out for validation: a twelfth
+    (MNIST_VALIDATION_SIZE of MNIST_TRAIN_SIZE), rounded half up."""
+    return (train_images * MNIST_VALIDATION_SIZE * 2 + MNIST_TRAIN_SIZE) // (2 * MNIST_TRAIN_SIZE)
 
 
 def _mnist_folder(cache_dir) -> Path:

@@ -7,11 +7,13 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import math
 import socket
 import struct
 import sys
 import urllib.error
 import urllib.request
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +43,30 @@ def rows(split: data.Split) -> np.ndarray:
     return table[np.lexsort(table.T[::-1])]
 
 
+def largest_remainder(counts: list[int], size: int) -> list[int]:
+    """The documented allocation, written independently of kdlearn.data: size * n_c / N rounded
+    down, then one more to each of the largest remainders (ties to the lower class)."""
+    total = sum(counts)
+    exact = [Fraction(size * n, total) for n in counts]
+    share = [math.floor(e) for e in exact]
+    by_remainder = sorted(range(len(counts)), key=lambda c: (-(exact[c] - share[c]), c))
+    for c in by_remainder[: size - sum(share)]:
+        share[c] += 1
+    return share
+
+
+def class_counts(split: data.Split) -> list[int]:
+    return np.bincount(split.y.numpy(), minlength=10).tolist()
+
+
+def all_splits(ds: data.Dataset) -> dict[str, data.Split]:
+    return {"train": ds.train, "transfer": ds.transfer, "validation": ds.validation, "test": ds.test}
+
+
 def test_digits_sizes_shapes_and_range():
     ds = data.digits()
     assert (ds.name, ds.image_shape, ds.num_classes) == ("digits", (8, 8), 10)
-    for split, n in ((ds.train, 1257), (ds.transfer, 1257), (ds.test, 540)):
+    for split, n in ((ds.train, 987), (ds.transfer, 987), (ds.validation, 270), (ds.test, 540)):
         assert split.x.shape == (n, 64) and split.x.dtype == torch.float32
         assert split.y.shape == (n,) and split.y.dtype == torch.int64
         assert len(split) == n
@@ -52,36 +74,57 @@ def test_digits_sizes_shapes_and_range():
         assert torch.equal(split.x * 16, (split.x * 16).round())  # scikit-learn's 0..16, divided by 16
 
 
-def test_digits_train_and_test_partition_the_dataset():
+def test_digits_train_validation_and_test_partition_the_dataset():
     ds = data.digits()
     bunch = load_digits()
     everything = data.Split(torch.from_numpy((bunch.data / 16).astype(np.float32)),
                             torch.from_numpy(bunch.target.astype(np.int64)))
-    together = data.Split(torch.cat([ds.train.x, ds.test.x]), torch.cat([ds.train.y, ds.test.y]))
+    parts = (ds.train, ds.validation, ds.test)
+    assert sum(len(part) for part in parts) == 1797
+    together = data.Split(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
     np.testing.assert_array_equal(rows(together), rows(everything))
+    # No image (pixels and label) in two splits: the digits hold no duplicate images, so the
+    # multiset equality above already implies it; here it is checked directly, pair by pair.
+    assert len(np.unique(rows(everything), axis=0)) == 1797
+    for a, b in ((ds.train, ds.validation), (ds.train, ds.test), (ds.validation, ds.test)):
+        shared = set(map(bytes, a.x.numpy())) & set(map(bytes, b.x.numpy()))
+        assert not shared
 
 
 def test_digits_test_split_is_stratified():
     ds = data.digits()
     total = np.bincount(load_digits().target, minlength=10)
-    in_test = np.bincount(ds.test.y.numpy(), minlength=10)
-    assert in_test.sum() == 540
+    assert class_counts(ds.test) == largest_remainder(total.tolist(), 540)
     # Each class gets its proportional share, rounded to an adjacent integer.
-    assert np.all(np.abs(in_test - 540 * total / total.sum()) < 1)
-    assert np.array_equal(np.bincount(ds.train.y.numpy(), minlength=10), total - in_test)
+    assert np.all(np.abs(np.array(class_counts(ds.test)) - 540 * total / total.sum()) < 1)
+
+
+def test_digits_validation_split_is_stratified_over_the_non_test_images():
+    ds = data.digits()
+    not_test = (np.bincount(load_digits().target, minlength=10) - class_counts(ds.test)).tolist()
+    assert sum(not_test) == 1257
+    assert class_counts(ds.validation) == largest_remainder(not_test, 270)
+    assert class_counts(ds.validation) == [27, 27, 27, 28, 27, 27, 27, 27, 26, 27]  # as the docstring says
+    assert class_counts(ds.train) == [n - v for n, v in zip(not_test, class_counts(ds.validation))]
 
 
 def test_digits_split_is_deterministic_and_pinned():
     first, second = data.digits(), data.digits()
-    for a, b in ((first.train, second.train), (first.test, second.test), (first.transfer, second.transfer)):
-        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
-    # The documented split, fixed for good: a change of seed or of the allocation fails here.
-    fingerprint = hashlib.sha256(first.test.x.numpy().tobytes() + first.test.y.numpy().tobytes()).hexdigest()
-    assert fingerprint == DIGITS_TEST_SHA256
+    for name, split in all_splits(first).items():
+        other = all_splits(second)[name]
+        assert torch.equal(split.x, other.x) and torch.equal(split.y, other.y), name
+    # The documented splits, fixed for good: a change of seed or of the allocation fails here.
+    assert fingerprint(first.test) == DIGITS_TEST_SHA256
     assert first.test.y[:12].tolist() == [3, 5, 7, 3, 6, 9, 2, 6, 5, 0, 8, 7]
+    assert fingerprint(first.validation) == DIGITS_VALIDATION_SHA256
+
+
+def fingerprint(split: data.Split) -> str:
+    return hashlib.sha256(split.x.numpy().tobytes() + split.y.numpy().tobytes()).hexdigest()
 
 
 DIGITS_TEST_SHA256 = "ec880b97938d8198b2f638ec1cb3cdf1eff23acbb2aac3c9655f5ae1f38f9b74"
+DIGITS_VALIDATION_SHA256 = "042d41e6db1b0771797c77172ad68c4602343c27c1cd56a17fb67fcf07fb8e88"
 
 
 def test_digits_transfer_is_train_but_independent():
@@ -93,6 +136,25 @@ def test_digits_transfer_is_train_but_independent():
     # Nor does a change reach a later call.
     fresh = data.digits()
     assert torch.equal(fresh.transfer.x, fresh.train.x) and torch.equal(fresh.train.x, data.digits().train.x)
+
+
+@pytest.mark.parametrize("changed", ["train", "transfer", "validation", "test"])
+def test_changing_one_split_changes_no_other(changed):
+    ds, pristine = data.digits(), data.digits()
+    split = all_splits(ds)[changed]
+    split.x.fill_(0.5)
+    split.y.fill_(3)
+    for name, other in all_splits(ds).items():
+        if name != changed:
+            original = all_splits(pristine)[name]
+            assert torch.equal(other.x, original.x) and torch.equal(other.y, original.y), name
+    assert torch.equal(all_splits(data.digits())[changed].x, all_splits(pristine)[changed].x)
+
+
+def test_a_dataset_built_without_validation_still_works():
+    ds = data.digits()
+    by_hand = data.Dataset(ds.name, ds.image_shape, ds.num_classes, ds.train, ds.transfer, ds.test)
+    assert by_hand.validation is None
 
 
 def test_dataset_and_split_are_frozen():
@@ -223,7 +285,8 @@ def test_read_idx_rejects_a_truncated_gzip_stream(tmp_path):
 
 # --- MNIST: the cache, the checksums, the offline error ----------------------------------------
 
-TRAIN, TEST = 6, 4
+TRAIN, TEST = 36, 4
+VALIDATION = 3  # a twelfth of TRAIN, as a twelfth of MNIST's 60,000 is 5,000
 
 
 def small_mnist() -> dict[str, bytes]:
@@ -291,21 +354,52 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name not in data.MNIST_FILES)
 
 
+def file_images_and_labels(web: FakeWeb, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """A small file's images (N, 784) and labels, read without kdlearn's parser."""
+    images = np.frombuffer(gzip.decompress(web.files[f"{prefix}-images-idx3-ubyte.gz"])[16:], np.uint8)
+    labels = np.frombuffer(gzip.decompress(web.files[f"{prefix}-labels-idx1-ubyte.gz"])[8:], np.uint8)
+    return images.reshape(len(labels), 784), labels
+
+
 def test_mnist_downloads_verifies_and_parses(web, tmp_path):
     ds = data.mnist(cache_dir=tmp_path)
     assert (ds.name, ds.image_shape, ds.num_classes) == ("mnist", (28, 28), 10)
     assert web.requests == [MIRRORS[0] + name for name in data.MNIST_FILES]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(data.MNIST_FILES)
-    for split, prefix, n in ((ds.train, "train", TRAIN), (ds.test, "t10k", TEST)):
-        images = np.frombuffer(gzip.decompress(web.files[f"{prefix}-images-idx3-ubyte.gz"])[16:], np.uint8)
-        labels = np.frombuffer(gzip.decompress(web.files[f"{prefix}-labels-idx1-ubyte.gz"])[8:], np.uint8)
-        assert split.x.shape == (n, 784) and split.x.dtype == torch.float32
-        torch.testing.assert_close(split.x, torch.from_numpy(images.reshape(n, 784) / 255.0).float(),
-                                   rtol=0, atol=1e-7)
-        assert split.y.dtype == torch.int64 and split.y.tolist() == labels.tolist()
+    images, labels = file_images_and_labels(web, "t10k")
+    assert ds.test.x.shape == (TEST, 784) and ds.test.x.dtype == torch.float32
+    torch.testing.assert_close(ds.test.x, torch.from_numpy(images / 255.0).float(), rtol=0, atol=1e-7)
+    assert ds.test.y.dtype == torch.int64 and ds.test.y.tolist() == labels.tolist()
     assert torch.equal(ds.transfer.x, ds.train.x) and torch.equal(ds.transfer.y, ds.train.y)
     ds.transfer.x.zero_()
     assert ds.train.x.max() > 0
+
+
+def test_mnist_holds_out_a_stratified_validation_split(web, tmp_path):
+    ds = data.mnist(cache_dir=tmp_path)
+    images, labels = file_images_and_labels(web, "train")
+    assert (len(ds.train), len(ds.validation), len(ds.transfer)) == (TRAIN - VALIDATION, VALIDATION,
+                                                                     TRAIN - VALIDATION)
+    assert class_counts(ds.validation) == largest_remainder(np.bincount(labels, minlength=10).tolist(), VALIDATION)
+    # Train and validation split the training file between them, each in the file's order.
+    pixels = torch.from_numpy(images / 255.0).float()
+    held_out = [next(i for i in range(TRAIN) if torch.equal(pixels[i], x)) for x in ds.validation.x]
+    kept = [i for i in range(TRAIN) if i not in held_out]
+    assert held_out == sorted(held_out) and len(set(held_out)) == VALIDATION
+    torch.testing.assert_close(ds.train.x, pixels[kept], rtol=0, atol=1e-7)
+    assert ds.train.y.tolist() == labels[kept].tolist() and ds.validation.y.tolist() == labels[held_out].tolist()
+    # The same split on every load; each split's tensors its own.
+    again = data.mnist(cache_dir=tmp_path)
+    assert torch.equal(again.validation.x, ds.validation.x) and torch.equal(again.train.y, ds.train.y)
+    ds.validation.x.fill_(0.5)
+    ds.train.y.fill_(0)
+    assert torch.equal(ds.transfer.y, again.transfer.y) and torch.equal(ds.test.x, again.test.x)
+    assert not torch.equal(ds.validation.x, again.validation.x)
+
+
+@pytest.mark.parametrize("train_images, held_out", [(60_000, 5_000), (36, 3), (30, 3), (6, 1), (5, 0)])
+def test_mnist_validation_is_a_twelfth_rounded_half_up(train_images, held_out):
+    assert data._mnist_validation_size(train_images) == held_out
 
 
 def test_mnist_loads_from_the_cache_without_network(web, tmp_path):
@@ -359,7 +453,7 @@ def test_an_interrupted_download_leaves_no_file(web, tmp_path, interruption):
     assert list(tmp_path.iterdir()) == []
     # The next call starts afresh and succeeds.
     web.breaks_with = None
-    assert len(data.mnist(cache_dir=tmp_path).train) == TRAIN
+    assert len(data.mnist(cache_dir=tmp_path).train) == TRAIN - VALIDATION
 
 
 def test_a_corrupt_cached_file_is_detected_and_fetched_again(web, tmp_path):
