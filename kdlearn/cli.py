@@ -20,6 +20,10 @@ COMMANDS = {
                "Hinton et al. 2015 reproduced: teacher, student from scratch, student distilled"),
     "bench": ("kdlearn.bench", [],
               "time and measure the memory of kdlearn's fused losses against plain PyTorch"),
+    "site": ("kdlearn.site", [],
+             "render the reference lessons, outputs and plots included, to static HTML pages"),
+    "handout": ("kdlearn.handout", [],
+                "make what a graded class gets: the learner notebooks and kdlearn's wheel, no solutions"),
 }
 
 

@@ -60,6 +60,8 @@ def test_a_wrong_command_is_a_usage_error(argv, message, capsys):
     ("build", "kdlearn.course", ["build"], "kdlearn"),
     ("hinton", "kdlearn.experiments.hinton", [], "kdlearn hinton"),
     ("bench", "kdlearn.bench", [], "kdlearn bench"),
+    ("site", "kdlearn.site", [], "kdlearn site"),
+    ("handout", "kdlearn.handout", [], "kdlearn handout"),
 ])
 def test_each_command_hands_its_arguments_to_its_module(command, module, expected, prog, monkeypatch):
     received = []
@@ -71,6 +73,7 @@ def test_each_command_hands_its_arguments_to_its_module(command, module, expecte
 
 @pytest.mark.parametrize("command, option", [
     ("build", "--no-run"), ("hinton", "--seeds"), ("bench", "--cases"), ("check", "--solutions"),
+    ("site", "--out"), ("handout", "--repository"),
 ])
 def test_a_commands_help_is_its_modules_help_named_as_typed(command, option, capsys):
     with pytest.raises(SystemExit) as exit_status:
