@@ -205,7 +205,7 @@ WRONG_ANSWERS = [
     wrong(lesson04.soft_term_gradient, sg_T_squared, "One factor T too many"),
     wrong(lesson04.soft_term_gradient, sg_probabilities_at_T_1, "probabilities are at temperature T"),
     wrong(lesson04.soft_term_gradient, sg_batch_mean, "without dividing by the number of rows"),
-    wrong(lesson04.soft_term_gradient, sg_dim_0, "dim=-1", detail="a batch of 6 rows"),
+    wrong(lesson04.soft_term_gradient, sg_dim_0, "the last dimension, the classes", detail="a batch of 6 rows"),
     wrong(lesson04.soft_term_gradient, sg_naive_exp, "NaN or inf", detail="large logits"),
     wrong(lesson04.soft_term_gradient, sg_returns_the_loss, "not the loss", detail="one number"),
     wrong(lesson04.soft_term_gradient, sg_float32, "Keep the logits' own dtype", detail="float64"),
@@ -229,9 +229,9 @@ WRONG_ANSWERS = [
     wrong(lesson04.logit_matching_gradient, lm_without_V, "Divide by V"),
     wrong(lesson04.logit_matching_gradient, lm_over_2V, "cancels the 1/2"),
     wrong(lesson04.logit_matching_gradient, lm_sign_flipped, "sign is flipped"),
-    wrong(lesson04.logit_matching_gradient, lm_dim_0, "each row's own mean", detail="a batch of 6 rows"),
+    wrong(lesson04.logit_matching_gradient, lm_dim_0, "mean down the columns", detail="a batch of 6 rows"),
     wrong(lesson04.logit_matching_gradient, lm_batch_mean, "not the mean of the whole batch"),
-    wrong(lesson04.logit_matching_gradient, lm_V_from_shape_0, "V is the number of classes"),
+    wrong(lesson04.logit_matching_gradient, lm_V_from_shape_0, "divided by the number of rows"),
     wrong(lesson04.logit_matching_gradient, lm_returns_the_loss, "not the loss", detail="one number"),
 ]
 
@@ -249,6 +249,16 @@ def test_passing_or_falls_back_for_a_wrong_answer(exercise, answer, hint, detail
     fallback = lesson04.reference(exercise_name(exercise))
     assert exercise.passing_or(answer, fallback, "kdlearn's version") is fallback
     assert "kdlearn's version" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", EXERCISES)
+def test_general_hint_names_the_idea_without_handing_over_the_code(name):
+    """The hint a learner gets for a mistake the check does not recognise leads to the answer; the
+    answer itself, its code or its closed form, lives only in solutions/."""
+    hint = getattr(lesson04, name).hint
+    for giveaway in ("softmax(", "mean(", "dim=", "return ", "polyfit", "log(", "T * (q - p)", "T (q - p)",
+                     "shape[", "sum(", "/ V"):
+        assert giveaway not in hint, f"the general hint of {name} hands over {giveaway!r}: {hint}"
 
 
 def exercise_name(exercise) -> str:

@@ -118,14 +118,16 @@ def _check_soft_term_gradient(answer) -> None:
         ]
         if student.dim() > 1:
             mistakes.append((T * (torch.softmax(student / T, dim=0) - torch.softmax(teacher / T, dim=0)),
-                             "Normalise over the last dimension (each row is one distribution): dim=-1."))
+                             "You normalised down the columns, across the rows of the batch: each row is one "
+                             "distribution, so the softmax runs over the last dimension, the classes."))
         expect_close(got, expected, what, mistakes)
 
 
 soft_term_gradient = Exercise(
     "4.1", "the gradient of the soft term",
-    hint="With q = softmax(student_logits / T) and p = softmax(teacher_logits / T) over the last dimension, "
-         "return T * (q - p).",
+    hint="Follow the four steps of the derivation above: the KL's gradient with respect to the scaled logits "
+         "(what the log-sum-exp gives), then the chain rule through the division by T, then the factor T² of "
+         "the loss. Both distributions are softmaxes at temperature T, one per row, over its classes.",
     run_checks=_check_soft_term_gradient,
 )
 
@@ -192,8 +194,8 @@ def _check_log_log_slope(answer) -> None:
 
 log_log_slope = Exercise(
     "4.2", "the slope of a power law on log-log axes",
-    hint="With a = log(x) and b = log(y): slope = sum((a - a.mean()) * (b - b.mean())) / sum((a - a.mean())**2), "
-         "the least-squares line through the points (a, b). numpy.polyfit(a, b, 1)[0] is the same number.",
+    hint="A power law y = c x^k is a straight line once both axes are logarithms, and k is its slope: take "
+         "the logarithms of x and of y, then fit one straight line through all the points by least squares.",
     run_checks=_check_log_log_slope,
 )
 
@@ -234,18 +236,21 @@ def _check_logit_matching_gradient(answer) -> None:
         if student.dim() > 1:
             mistakes += [
                 ((student - student.mean(dim=0) - (teacher - teacher.mean(dim=0))) / V,
-                 "Take each row's own mean, over the classes: .mean(dim=-1, keepdim=True)."),
+                 "You took the mean down the columns, across the rows of the batch: each row needs its own mean, "
+                 "over its classes (the last dimension)."),
                 ((student - student.mean() - (teacher - teacher.mean())) / V,
-                 "Take each row's own mean, over the classes (.mean(dim=-1, keepdim=True)), not the mean of the "
-                 "whole batch."),
-                (gap / student.shape[0], "V is the number of classes, the last dimension: student_logits.shape[-1]."),
+                 "You removed one mean for the whole batch: each row needs its own mean, over its classes, not "
+                 "the mean of the whole batch."),
+                (gap / student.shape[0], "You divided by the number of rows: V is the number of classes, the size "
+                                         "of the last dimension."),
             ]
         expect_close(got, expected, what, mistakes)
 
 
 logit_matching_gradient = Exercise(
     "4.3", "the gradient of matching zero-mean logits",
-    hint="Centre each row: z - z.mean(dim=-1, keepdim=True), and the same for the teacher; return the difference "
-         "of the two divided by V = student_logits.shape[-1].",
+    hint="The derivation above gives the gradient in terms of d, the difference between the two rows once each "
+         "is centred on its own mean over the classes; the factor in front comes from the 1/(2V) of E and the 2 "
+         "that the square brings down.",
     run_checks=_check_logit_matching_gradient,
 )
