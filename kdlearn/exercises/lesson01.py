@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 import kdlearn
-from kdlearn.exercises import Exercise, expect_close
+from kdlearn.exercises import Exercise, Mismatch, as_tensor, expect_close
 
 
 def _softmax_cases():
@@ -38,8 +38,9 @@ def _check_softmax(answer) -> None:
 
 softmax_with_temperature = Exercise(
     "1.1", "softmax with temperature",
-    hint="p_i = exp(z_i / T) / sum_j exp(z_j / T) over the last dimension; subtracting each row's maximum "
-         "before exp changes nothing mathematically and keeps exp from overflowing.",
+    hint="Soft targets are an ordinary softmax, taken after the temperature has rescaled the logits; "
+         "and a softmax does not change when the same number is subtracted from every logit of a row, "
+         "which is how to keep exp from overflowing.",
     run_checks=_check_softmax,
 )
 
@@ -52,9 +53,21 @@ def _loss_cases():
     return [(student, teacher, labels, T, alpha) for T, alpha in [(1.0, 0.5), (4.0, 0.9), (10.0, 0.7)]]
 
 
+# Hints for the mistakes torch.nn.functional.kl_div invites: its reduction and its log_target flag.
+KL_DIV_MEAN_HINT = ("Your soft term is 1/V of the answer: kl_div's default reduction, 'mean', divides by every "
+                    "element (B·V, here 6·10), not by the number of examples B.")
+KL_DIV_SUM_HINT = "Your soft term is summed over the examples of the batch: Hinton's loss averages it over them."
+KL_DIV_PROBABILITY_TARGET_HINT = ("kl_div was told its target is in log space (log_target=True) but was given "
+                                  "probabilities: give both sides in the same form.")
+NON_FINITE_LOSS_HINT = ("Your loss is NaN or inf on finite logits. The usual cause is kl_div's target given as "
+                        "log-probabilities without saying so: unless log_target=True, kl_div takes its target "
+                        "as probabilities and takes their log, and the log of a negative number is NaN.")
+
+
 def _check_loss(answer) -> None:
     for student, teacher, labels, T, alpha in _loss_cases():
         what = f"6 rows of 10 classes at T={T:g}, alpha={alpha:g}"
+        B, V = student.shape
 
         def hinton(**changes):
             options = dict(T=T, alpha=alpha) | changes
@@ -64,22 +77,37 @@ def _check_loss(answer) -> None:
         reverse = kdlearn.kl_divergence(student, teacher, T=T, direction="reverse")
         hard = torch.nn.functional.cross_entropy(student, labels)
         hard_at_T = torch.nn.functional.cross_entropy(student / T, labels)
+        log_q = torch.log_softmax(student / T, dim=-1)
+        teacher_probabilities = torch.softmax(teacher / T, dim=-1)
+        probability_target = torch.nn.functional.kl_div(log_q, teacher_probabilities, log_target=True,
+                                                        reduction="batchmean")
+
+        def with_soft_term(soft_term):
+            return alpha * T * T * soft_term + (1 - alpha) * hard
+
         mistakes = [
             (hinton(t_squared=False), "The soft term needs the factor T² (T * T): its gradients shrink as 1/T²."),
             (alpha * T * T * reverse + (1 - alpha) * hard,
              "That is KL(student || teacher). Hinton's loss takes the teacher's expectation: KL(teacher || student)."),
             ((1 - alpha) * T * T * soft + alpha * hard, "The weights are swapped: alpha goes with the soft term."),
             (alpha * T * T * soft + (1 - alpha) * hard_at_T, "The hard-label term uses the student at T = 1."),
-            (hinton() * student.shape[0], "Average over the rows of the batch, don't sum."),
+            (with_soft_term(soft / V), KL_DIV_MEAN_HINT),
+            (with_soft_term(soft * B), KL_DIV_SUM_HINT),
+            (hinton() * B, "Average over the rows of the batch, don't sum."),
+            (with_soft_term(probability_target), KL_DIV_PROBABILITY_TARGET_HINT),
         ]
-        got = answer(student.clone(), teacher.clone(), labels.clone(), T, alpha)
+        got = as_tensor(answer(student.clone(), teacher.clone(), labels.clone(), T, alpha), what)
+        if got.numel() == 1 and not torch.isfinite(got.detach()).all():
+            raise Mismatch(f"For {what} the answer should be {hinton().item():.4g}, but your function returned "
+                           f"{got.detach().flatten()[0].item()}.", NON_FINITE_LOSS_HINT)
         expect_close(got, hinton(), what, mistakes)
 
 
 distillation_loss = Exercise(
     "1.2", "Hinton's distillation loss",
-    hint="alpha * T² * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * cross_entropy(student, labels), "
-         "each averaged over the rows. torch.log_softmax and torch.nn.functional.kl_div(..., log_target=True, "
-         "reduction='batchmean') help.",
+    hint="Build it from its two terms and check each on its own: the soft term compares the teacher's and the "
+         "student's distributions at temperature T (mind whose expectation the KL takes, and the factor that "
+         "undoes the temperature), the hard term is the ordinary cross-entropy at T = 1, and each is an average "
+         "over the examples of the batch.",
     run_checks=_check_loss,
 )
