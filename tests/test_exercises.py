@@ -10,8 +10,10 @@ from __future__ import annotations
 import ast
 import functools
 import importlib
+import importlib.util
 import pkgutil
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -270,11 +272,44 @@ def kd_raises(s, t, y, T, alpha):
     return s + "a string"   # TypeError, as a learner's typo would raise
 
 
+def kd_from_kl_div(s, t, y, T, alpha, **kl_div_options):
+    """Hinton's loss as a learner writes it with torch.nn.functional.kl_div, options as given."""
+    log_q = torch.log_softmax(s / T, dim=-1)
+    log_p = torch.log_softmax(t / T, dim=-1)
+    target = kl_div_options.pop("target", log_p)
+    soft_term = F.kl_div(log_q, target, **kl_div_options)
+    return alpha * T * T * soft_term + (1 - alpha) * F.cross_entropy(s, y)
+
+
+def kd_kl_div_right(s, t, y, T, alpha):
+    return kd_from_kl_div(s, t, y, T, alpha, log_target=True, reduction="batchmean")
+
+
+def kd_kl_div_default_reduction(s, t, y, T, alpha):
+    # The commonest mistake: reduction="mean" (the default) divides by B·V, not by B.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch warns about exactly this, in words of its own
+        return kd_from_kl_div(s, t, y, T, alpha, log_target=True)
+
+
+def kd_kl_div_summed(s, t, y, T, alpha):
+    return kd_from_kl_div(s, t, y, T, alpha, log_target=True, reduction="sum")
+
+
+def kd_kl_div_probability_target(s, t, y, T, alpha):
+    return kd_from_kl_div(s, t, y, T, alpha, target=torch.softmax(t / T, dim=-1), log_target=True,
+                          reduction="batchmean")
+
+
+def kd_kl_div_log_target_missing(s, t, y, T, alpha):
+    return kd_from_kl_div(s, t, y, T, alpha, reduction="batchmean")   # log-probabilities read as probabilities
+
+
 
 WRONG_ANSWERS = [
     wrong(lesson00.cross_entropy, ce_missing_minus, hint="*negative* log-probability"),
-    wrong(lesson00.cross_entropy, ce_probability, hint="Take the log of the probability"),
-    wrong(lesson00.cross_entropy, ce_raw_logit, hint="torch.log_softmax"),
+    wrong(lesson00.cross_entropy, ce_probability, hint="the label's probability itself"),
+    wrong(lesson00.cross_entropy, ce_raw_logit, hint="raw logit"),
     wrong(lesson01.softmax_with_temperature, sm_ignores_T, hint="temperature seems unused"),
     wrong(lesson01.softmax_with_temperature, sm_multiplies_by_T, hint="multiplying sharpens"),
     wrong(lesson01.softmax_with_temperature, sm_dim_0, hint="dim=-1"),
@@ -287,6 +322,10 @@ WRONG_ANSWERS = [
     wrong(lesson01.distillation_loss, kd_alpha_swapped, hint="weights are swapped"),
     wrong(lesson01.distillation_loss, kd_hard_at_T, hint="student at T = 1"),
     wrong(lesson01.distillation_loss, kd_batch_sum, hint="Average over the rows"),
+    wrong(lesson01.distillation_loss, kd_kl_div_default_reduction, hint="default reduction, 'mean', divides by every"),
+    wrong(lesson01.distillation_loss, kd_kl_div_summed, hint="summed over the examples"),
+    wrong(lesson01.distillation_loss, kd_kl_div_probability_target, hint="given probabilities"),
+    wrong(lesson01.distillation_loss, kd_kl_div_log_target_missing, hint="log_target=True", detail="returned nan"),
     wrong(lesson01.distillation_loss, kd_raises, hint=lesson01.distillation_loss.hint,
           detail="Your function raised TypeError"),
     wrong(lesson01.distillation_loss, 0.5, hint="without calling it",
@@ -299,6 +338,7 @@ WRONG_ANSWERS = [
 def test_the_switchable_loss_is_right_when_no_switch_is_on():
     """The wrong losses below differ from the right one only by the mistake they are named after."""
     assert lesson01.distillation_loss.evaluate(kd_right).status == CORRECT
+    assert lesson01.distillation_loss.evaluate(kd_kl_div_right).status == CORRECT
 
 
 @pytest.mark.parametrize("exercise, answer, hint, detail", WRONG_ANSWERS)
@@ -377,6 +417,85 @@ def test_not_attempted_verdict_tells_what_to_replace():
     assert verdict.status == NOT_ATTEMPTED
     assert "NotImplementedError" in str(verdict)
     assert "Hint:" not in str(verdict)
+
+
+@pytest.mark.parametrize("exercise", [lesson00.cross_entropy, lesson01.softmax_with_temperature,
+                                      lesson01.distillation_loss], ids=lambda e: e.number)
+def test_general_hints_of_lessons_00_and_01_lead_without_handing_over_code(exercise):
+    """A general hint names the idea; the code (a torch call, a formula) lives only in solutions/."""
+    assert "torch" not in exercise.hint, exercise.hint
+    assert not re.search(r"\w\(|sum_|/ ?T\b|T²|T \* T", exercise.hint), exercise.hint  # calls, sums, T factors
+
+
+# --- lesson 00's rule for TRITON_INTERPRET ---------------------------------------------------------
+
+
+def one_line(text: str) -> str:
+    """Text as words: Markdown's backticks and quote marks and the line breaks of a docstring removed."""
+    return " ".join(text.replace("`", "").replace("> ", " ").split())
+
+
+def test_lesson00_and_the_kernels_state_the_triton_interpret_rule_in_the_same_words():
+    """One rule, in one wording: lesson 00, kdlearn.environment and the kernels' docstrings never disagree."""
+    from kdlearn.environment import TRITON_INTERPRET_RULE
+
+    rule = one_line(TRITON_INTERPRET_RULE)
+    lesson = nbformat.read(SOLUTIONS / "00_setup_and_tour.ipynb", as_version=4)
+    markdown = one_line(" ".join(cell.source for cell in lesson.cells if cell.cell_type == "markdown"))
+    assert rule in markdown
+    for module in ["__init__.py", "_common.py"]:
+        # Read without importing: _common imports Triton, and its import fixes the interpreter's mode.
+        docstring = ast.get_docstring(ast.parse((ROOT / "kdlearn" / "kernels" / module).read_text()))
+        assert rule in one_line(docstring), f"kdlearn/kernels/{module}"
+
+
+def test_triton_advice_states_the_rule_where_a_kernel_could_not_run_yet(monkeypatch):
+    from kdlearn import environment
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if environment.version_of("triton") is None:
+        assert environment.triton_advice() is None
+        return
+    assert environment.TRITON_INTERPRET_RULE in environment.triton_advice()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert environment.triton_advice() is None
+
+
+RULE_PROBE = """
+import os, sys
+import torch
+import kdlearn
+kernel_modules = [m for m in ("kdlearn.kernels._common", "kdlearn.kernels.softmax_divergence",
+                              "kdlearn.kernels.topk_divergence") if m in sys.modules]
+print("after import kdlearn:", "triton" in sys.modules, kernel_modules)
+student, teacher = torch.randn(4, 10), torch.randn(4, 10)
+try:
+    kdlearn.kl_divergence(student, teacher, T=2.0, backend="triton")
+except ValueError as error:
+    print("before:", "TRITON_INTERPRET=1" in str(error))
+os.environ["TRITON_INTERPRET"] = "1"
+kernel = kdlearn.kl_divergence(student, teacher, T=2.0, backend="triton")
+print("after:", torch.allclose(kernel, kdlearn.kl_divergence(student, teacher, T=2.0, backend="torch"), atol=1e-6))
+"""
+
+
+def test_the_rule_holds_switching_the_interpreter_on_after_importing_kdlearn_works():
+    """What the rule rests on: importing kdlearn imports neither Triton nor a kernel module, so setting
+    TRITON_INTERPRET=1 after the import (and even after a refused kernel call) still runs the kernels."""
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("Triton is not installed")
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    environment["CUDA_VISIBLE_DEVICES"] = ""   # CPU tensors, as on a learner's laptop
+    run = subprocess.run([sys.executable, "-c", RULE_PROBE], capture_output=True, text=True, env=environment,
+                         cwd=ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[:3] == ["after import kdlearn: False []", "before: True", "after: True"], run.stdout
 
 
 def test_a_claim_that_holds_prints_its_statement_and_one_that_fails_raises(capsys):

@@ -22,8 +22,9 @@ def _check_cross_entropy(answer) -> None:
         expected = -log_probs[label]
         mistakes = [
             (log_probs[label], "Cross-entropy is the *negative* log-probability: it is never below 0."),
-            (log_probs.exp()[label], "Take the log of the probability, and negate it."),
-            (-logits[label], "Turn the logits into log-probabilities first (torch.log_softmax)."),
+            (log_probs.exp()[label], "That is the label's probability itself: the loss is its log, negated."),
+            (-logits[label], "That uses the raw logit as if it were a log-probability: a logit becomes one only "
+                             "after the softmax has normalised it against the other classes."),
         ]
         what = f"logits {[round(v, 2) for v in logits.tolist()]} and label {label}"
         expect_close(answer(logits.clone(), label), expected, what, mistakes)
@@ -31,6 +32,7 @@ def _check_cross_entropy(answer) -> None:
 
 cross_entropy = Exercise(
     "0.1", "cross-entropy of a hard label",
-    hint="-log softmax(logits)[label]: torch.log_softmax(logits, dim=-1)[label], negated.",
+    hint="The loss is the surprise at the true label: how improbable the model found it, measured on a log scale. "
+         "Turn the logits into (log-)probabilities first.",
     run_checks=_check_cross_entropy,
 )

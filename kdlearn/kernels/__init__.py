@@ -10,9 +10,14 @@ Users do not call these modules directly: kdlearn.kl_divergence, generalized_jsd
 dispatch to them (``backend=None`` picks the kernel wherever it can run, ``"triton"`` insists,
 ``"torch"`` keeps the plain PyTorch specification in kdlearn.losses).
 
-Where a kernel runs: on CUDA tensors, compiled; on CPU tensors only through Triton's interpreter,
-which must be switched on (``TRITON_INTERPRET=1``) before a kernel module is first imported,
-because ``triton.jit`` reads the setting when it decorates a function.
+Where a kernel runs: on CUDA tensors, compiled; on CPU tensors only through Triton's interpreter.
+When to switch the interpreter on (the rule kdlearn.environment.TRITON_INTERPRET_RULE states):
+Triton reads TRITON_INTERPRET when @triton.jit defines a kernel; kdlearn defines its own kernels when
+one is first called (importing kdlearn imports neither Triton nor a kernel), so set TRITON_INTERPRET=1
+before you define a kernel or first call one of kdlearn's; setting it before importing kdlearn, at the
+top of a notebook or script, is always early enough. (The modules that define kernels, _common,
+softmax_divergence and topk_divergence, are imported inside that first call; linear_divergence, which
+``import kdlearn`` does import, defines none and imports no Triton.)
 """
 
 from __future__ import annotations

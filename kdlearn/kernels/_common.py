@@ -1,5 +1,12 @@
 """What kdlearn's Triton kernels share: the online logsumexp, the scan for bad values, launch
-settings, and the handling of the interpreter."""
+settings, and the handling of the interpreter.
+
+Triton reads TRITON_INTERPRET when @triton.jit defines a kernel; kdlearn defines its own kernels when
+one is first called (importing kdlearn imports neither Triton nor a kernel), so set TRITON_INTERPRET=1
+before you define a kernel or first call one of kdlearn's; setting it before importing kdlearn, at the
+top of a notebook or script, is always early enough. This module is imported inside that first call,
+just before the kernel modules, and its INTERPRETED records the mode their kernels were defined in.
+"""
 
 from __future__ import annotations
 
