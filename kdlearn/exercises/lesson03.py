@@ -7,8 +7,8 @@
 Exercise 3.1 returns a copy of a classifier with one output unit's bias raised; the check runs
 the copy and the original on fixed images and recognises the usual slips (changing the original,
 the weights instead of the bias, the wrong layer or class, the wrong sign). Exercise 3.2 chooses
-that shift from the transfer images: the shift at which the student predicts the class as often as
-the teacher does. ``reference(name)`` gives kdlearn's answer to an exercise, for the
+that shift from unlabelled images (the lesson uses its validation split): the shift at which the
+student predicts the class as often as the teacher does. ``reference(name)`` gives kdlearn's answer to an exercise, for the
 cells after it until the learner's passes (``Exercise.passing_or``).
 """
 
@@ -80,14 +80,21 @@ def _check_shift_bias(answer) -> None:
         before = _parameters(model)
         original = _logits(model, x)
         what = f"an MLP 8-{'-'.join(map(str, hidden))}-4, class_index={class_index}, amount={amount:g}"
-        got = answer(model, class_index, amount)
+        try:
+            got = answer(model, class_index, amount)
+        except RuntimeError as error:
+            if "requires grad" not in str(error):
+                raise
+            raise Mismatch(f"Your function raised RuntimeError: {error}",
+                           "Autograd refuses an in-place change to a parameter that requires gradients: make the "
+                           "change inside `with torch.no_grad():`, which tells it not to record it.") from None
         if got is None:
             raise Mismatch(f"Your function returned None for {what}.",
                            "Return the shifted copy: `return shifted` at the end.")
         if got is model:
             raise Mismatch(f"For {what} your function returned the model it was given, not a copy.",
-                           "Shift a copy, so that the student you compare with stays as it was: "
-                           "shifted = copy.deepcopy(model), then change shifted.")
+                           "Shift a copy (copy.deepcopy makes one that shares no tensor with the original), so "
+                           "that the student you compare with stays as it was.")
         if not isinstance(got, nn.Module):
             raise Mismatch(f"For {what} your function returned a {type(got).__name__}; a model (an nn.Module, "
                            "such as the copy of the model) was expected.")
@@ -129,13 +136,14 @@ def _check_shift_bias(answer) -> None:
 
 shift_bias = Exercise(
     "3.1", "shift one class's bias",
-    hint="shifted = copy.deepcopy(model); then, inside `with torch.no_grad():` (a parameter that requires "
-         "gradients cannot be changed in place otherwise), shifted[-1].bias[class_index] += amount; return shifted.",
+    hint="Work on a copy that shares no tensor with the original, and change one number in it: the entry for "
+         "class_index in the bias of the output layer (the last module). PyTorch refuses to change a parameter "
+         "that requires gradients in place unless autograd is told not to record the change.",
     run_checks=_check_shift_bias,
 )
 
 
-# --- Exercise 3.2: choose the shift from the transfer set --------------------------------------------
+# --- Exercise 3.2: choose the shift from unlabelled images --------------------------------------------
 
 
 def _margins(student_logits: torch.Tensor, class_index: int) -> torch.Tensor:
@@ -196,9 +204,10 @@ def _check_choose_shift(answer) -> None:
 
 
 choose_shift = Exercise(
-    "3.2", "choose the shift from the transfer set",
-    hint="k = (teacher_logits.argmax(dim=-1) == class_index).sum(); per row, margin = the largest student logit "
-         "of the other classes minus the student's logit of class_index; sort the margins and return the midpoint "
-         "of the k-th and (k+1)-th smallest, as a number.",
+    "3.2", "choose the shift from unlabelled images",
+    hint="Count the rows on which the teacher predicts the class. For each row, work out how far the student's "
+         "logit for the class would have to rise to beat the student's best other logit. Ordered from the "
+         "smallest, those amounts say which rows a given shift wins: pick the shift that wins exactly as many "
+         "as the teacher's count, halfway between two neighbours.",
     run_checks=_check_choose_shift,
 )
