@@ -104,8 +104,8 @@ def _check_gap_closed(answer) -> None:
                                     if si != ti) if len(teacher) > 1 else math.nan
         mistakes = [
             (100 * expected, "Return a fraction (0.91 for the paper), not a percentage: the lesson formats it."),
-            (1 - expected, "That is the share of the gap still open, (distilled - teacher) / (scratch - teacher); "
-                           "the share closed is (scratch - distilled) / (scratch - teacher)."),
+            (1 - expected, "That is the share of the gap still open, measured from the teacher; the share "
+                           "closed is measured from the scratch student."),
             (-expected, "The sign is flipped: a distilled student with fewer errors than the scratch one closed a "
                         "positive share of the gap."),
             ((s - d) / s, "That is the improvement relative to the scratch student's errors; divide by the gap, "
@@ -121,7 +121,7 @@ def _check_gap_closed(answer) -> None:
     # The degenerate case: the same mean errors for teacher and scratch student.
     what = "no gap: teacher [10, 12], scratch [11, 11], distilled [10, 11]"
     convention = ("When the scratch student's mean errors equal the teacher's there is no gap to close: return "
-                  "float('nan') (test `if scratch == teacher` before dividing).")
+                  "float('nan'), checking for that case before you divide.")
     try:
         got = _as_float(answer([10, 12], [11, 11], [10, 11]), what)
     except ZeroDivisionError:
@@ -132,8 +132,9 @@ def _check_gap_closed(answer) -> None:
 
 gap_closed = Exercise(
     "2.1", "the share of the gap that distillation closed",
-    hint="Take the mean errors t, s, d of teacher, scratch and distilled student over the seeds; return "
-         "(s - d) / (s - t), and float('nan') when s == t.",
+    hint="Average each list over the seeds first. Then compare two distances, both measured from the scratch "
+         "student's mean: how far distillation moved it, and how far the teacher is. Mind the case where the "
+         "second distance is zero.",
     run_checks=_check_gap_closed,
 )
 
@@ -217,8 +218,8 @@ def _check_distillation_step(answer) -> None:
                  "The step added the gradient a previous step had left behind: call optimizer.zero_grad() "
                  "before loss.backward()."),
                 (_updated(student_before, teacher_before, x, y, T=T, alpha=alpha, t_squared=False)[0],
-                 "The soft term lost its T²: use kdlearn.kd_loss(student_logits, teacher_logits, y, T=T, "
-                 "alpha=alpha), which multiplies it by T²."),
+                 "The soft term lost its T²: kdlearn.kd_loss multiplies it by T², as lesson 01 explains; "
+                 "use it rather than a KL of your own."),
                 (_updated(student_before, teacher_before, x, y, T=T, alpha=1 - alpha)[0],
                  "The weights are swapped: alpha weighs the soft term, 1 - alpha the hard labels; pass "
                  "alpha=alpha to kd_loss."),
@@ -232,8 +233,9 @@ def _check_distillation_step(answer) -> None:
 
 distillation_step = Exercise(
     "2.2", "one step of distillation",
-    hint="teacher.eval(); compute teacher_logits = teacher(x) inside `with torch.no_grad():`; "
-         "loss = kdlearn.kd_loss(student(x), teacher_logits, y, T=T, alpha=alpha); then "
-         "optimizer.zero_grad(), loss.backward(), optimizer.step(); return loss.item().",
+    hint="Three things happen in a step. The teacher only gives targets: switch off what makes it random, and "
+         "keep autograd away from it. The loss is the one lesson 01 built (kdlearn has it). Then one clean "
+         "optimiser step for the student: think of what the previous step left behind in its gradients, and "
+         "return the loss as a plain number.",
     run_checks=_check_distillation_step,
 )
