@@ -47,5 +47,5 @@ def unavailable_reason(device: torch.device) -> str | None:
         if interpreted():
             return None
         return ("Triton kernels run on CPU tensors only through its interpreter: set TRITON_INTERPRET=1 "
-                "before kdlearn's kernels are first used (before importing kdlearn, to be safe)")
+                "before kdlearn's kernels are first called (setting it before importing kdlearn is always early enough)")
     return f"Triton kernels run on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got device {device}"
