@@ -1,8 +1,9 @@
 """The course as a static web site: every reference lesson, with its stored outputs, as an HTML page.
 
     python -m kdlearn.site                                  # solutions/ -> site/
-    python -m kdlearn.site --out public --solutions solutions
     kdlearn site                                            # the same, through the kdlearn command
+    python -m kdlearn.site --out public --solutions solutions
+    python -m kdlearn.site 01                               # lesson 01's page alone (and the index)
 
 The pages are made from solutions/, where every lesson's outputs are stored, so they show each
 exercise solved: publish them for the open course, not for a graded class (``kdlearn handout``
@@ -53,6 +54,7 @@ class Page:
     title: str
     # Links to lessons that have no page here, as written in the notebook (e.g. "07_who_teaches.ipynb").
     broken_links: list[str] = field(default_factory=list)
+    written: bool = True  # False for a lesson that the index lists but this build did not render
 
     @property
     def file_name(self) -> str:
@@ -132,13 +134,20 @@ write the exercises yourself.</p>
 """
 
 
-def build_site(solutions: Path, out: Path) -> list[Page]:
-    """Write one page per reference lesson in ``solutions``, index.html and plotly.js into ``out``."""
+def build_site(solutions: Path, out: Path, only: list[str] | None = None) -> list[Page]:
+    """Write one page per reference lesson in ``solutions``, index.html and plotly.js into ``out``.
+
+    ``only`` names some lessons by the start of their file name ("01", "01_soft_targets"), to write
+    those pages alone (the index still lists every lesson, and links to the others still point at
+    their pages)."""
     if not solutions.is_dir():
         raise SiteError(f"no folder {solutions}: give the reference lessons' folder with --solutions DIR")
     sources = sorted(solutions.glob(LESSON_GLOB))
     if not sources:
         raise SiteError(f"no reference lessons (NN_name.ipynb) in {solutions}")
+    unknown = [name for name in only or [] if not any(source.name.startswith(name) for source in sources)]
+    if unknown:
+        raise SiteError(f"no lesson in {solutions} starts with {', '.join(unknown)}")
     from nbconvert import HTMLExporter  # imported here: `kdlearn --help` need not load it
 
     exporter = HTMLExporter(template_name="lab")
@@ -147,6 +156,10 @@ def build_site(solutions: Path, out: Path) -> list[Page]:
     shutil.copyfile(_plotlyjs_path(), out / PLOTLY_FILE)
     pages = []
     for source in sources:
+        if only and not any(source.name.startswith(name) for name in only):
+            notebook = nbformat.read(source, as_version=4)  # listed in the index, not written
+            pages.append(Page(source=source, title=lesson_title(notebook, fallback=source.stem), written=False))
+            continue
         try:
             page_html, page = render_lesson(source, names, exporter)
         except (OSError, ValueError) as error:  # unreadable, or not a notebook (nbformat's errors are ValueErrors)
@@ -174,12 +187,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m kdlearn.site") ->
                         help="the folder to write the pages into (default: site)")
     parser.add_argument("--solutions", type=Path, default=Path("solutions"), metavar="DIR",
                         help="the reference lessons (default: solutions)")
+    parser.add_argument("only", nargs="*", metavar="LESSON",
+                        help="write only these lessons' pages, e.g. 01 (default: every lesson)")
     args = parser.parse_args(argv)
     try:
-        pages = build_site(args.solutions, args.out)
+        pages = build_site(args.solutions, args.out, only=args.only)
     except SiteError as error:
         parser.error(str(error))
-    for page in pages:
+    for page in (page for page in pages if page.written):
         print(f"wrote {args.out / page.file_name}  ({page.title})")
         for link in page.broken_links:
             print(f"warning: {page.source} links to {link}, which is not a lesson in {args.solutions}; "

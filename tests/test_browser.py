@@ -1,6 +1,9 @@
-"""Lesson 01 in a real browser: JupyterLab serves a copy of the learner notebook on 127.0.0.1 with token
-authentication, headless Chromium runs every cell, a learner's drag of the temperature slider redraws the bar
-chart, and a screenshot is left in test-artifacts/browser/ for a person to look at.
+"""Lesson 01 in a real browser, twice, with screenshots left in test-artifacts/browser/ for a person to look at.
+
+- As a learner runs it: JupyterLab serves a copy of the learner notebook on 127.0.0.1 with token
+  authentication, headless Chromium runs every cell, and a drag of the temperature slider redraws the bar chart.
+- As the course's static site shows it: kdlearn.site renders the reference lesson to HTML, Chromium opens the
+  page from disk with every request that is not for a local file refused, and every plot on it draws.
 
 Chromium is Debian's package (`apt-get install chromium`, which .ci/run does), driven by Playwright through its
 executable path: Playwright's own browser download needs a network this project cannot count on.
@@ -23,7 +26,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nbformat
 import pytest
+from plotly.offline import get_plotlyjs_version
+
+from kdlearn import plots, site
 
 try:
     from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
@@ -39,9 +46,12 @@ ARTIFACTS = ROOT / "test-artifacts" / "browser"
 SCREENSHOT = ARTIFACTS / "lesson01.png"
 FAILURE_SCREENSHOT = ARTIFACTS / "lesson01-failure.png"
 SERVER_LOG = ARTIFACTS / "jupyterlab.log"
-# The lesson's widgets need these JupyterLab extensions: ipywidgets' manager and anywidget, which plotly's
-# FigureWidget is built on. They come with the venv's packages, in its share/jupyter/labextensions.
-WIDGET_EXTENSIONS = {"@jupyter-widgets/jupyterlab-manager", "anywidget"}
+SITE_SCREENSHOT = ARTIFACTS / "site-lesson01.png"
+SITE_FAILURE_SCREENSHOT = ARTIFACTS / "site-lesson01-failure.png"
+# The lesson needs these JupyterLab extensions: ipywidgets' manager for the slider, and plotly's renderer for the
+# figure kdlearn.plots stores as plotly's mimetype. They come with the venv's packages, in its
+# share/jupyter/labextensions.
+LESSON_EXTENSIONS = {"@jupyter-widgets/jupyterlab-manager", "jupyterlab-plotly"}
 
 # Generous limits for a busy 2-core CI runner: Run All takes lesson 01 about 13 s, 36 s with both cores busy.
 SERVER_START_S = 90
@@ -162,13 +172,13 @@ def browser() -> Iterator[Browser]:
 
 
 @contextmanager
-def screenshot_on_failure(page: Page) -> Iterator[None]:
+def screenshot_on_failure(page: Page, path: Path = FAILURE_SCREENSHOT) -> Iterator[None]:
     """Keep the page as it was when something failed, so that a CI failure can be seen, not guessed."""
     try:
         yield
     except BaseException:
-        page.screenshot(path=FAILURE_SCREENSHOT)
-        print(f"failure screenshot: {FAILURE_SCREENSHOT}; JupyterLab's log: {SERVER_LOG}")
+        page.screenshot(path=path)
+        print(f"failure screenshot: {path}; JupyterLab's log: {SERVER_LOG}")
         raise
 
 
@@ -238,7 +248,7 @@ def test_lesson01_runs_in_the_browser_and_its_slider_redraws_the_plot(jupyterlab
             page.wait_for_function(KERNEL_IDLE, arg=LESSON, timeout=KERNEL_READY_MS)
             page_config = json.loads(page.locator("#jupyter-config-data").text_content())
             extensions = {extension["name"] for extension in page_config["federated_extensions"]}
-            assert WIDGET_EXTENSIONS <= extensions, f"JupyterLab lacks the extensions {WIDGET_EXTENSIONS - extensions}"
+            assert LESSON_EXTENSIONS <= extensions, f"JupyterLab lacks the extensions {LESSON_EXTENSIONS - extensions}"
 
             page.get_by_role("menubar").get_by_role("menuitem", name="Run", exact=True).click()
             page.locator('[data-command="runmenu:run-all"]').click()
@@ -250,10 +260,12 @@ def test_lesson01_runs_in_the_browser_and_its_slider_redraws_the_plot(jupyterlab
             assert not errors, f"the lesson raised: {errors}"
             assert all(cell["count"] is not None for cell in cells), f"not every cell ran: {cells}"
 
-            # The first slider of the lesson is the temperature, above the bar chart of one digit's soft targets.
-            output = page.locator(".jp-OutputArea-output").filter(has=page.locator(".widget-slider")).first
+            # The first slider of the lesson is the temperature, above the bar chart of one digit's soft targets:
+            # kdlearn.plots.interactive shows them as two outputs of one cell, the controls, then the figure,
+            # which the kernel replaces (update_display_data) when the slider moves.
+            output = page.locator(".jp-Cell-outputArea").filter(has=page.locator(".widget-slider")).first
             output.scroll_into_view_if_needed()
-            slider, plot = output.locator(".widget-slider"), output.locator(".js-plotly-plot")
+            slider, plot = output.locator(".widget-slider").first, output.locator(".js-plotly-plot").first
             readout, title = slider.locator(".widget-readout"), plot.locator(".gtitle")
             bars = plot.locator(".barlayer .point path")
             expect(slider.locator(".widget-label")).to_have_text("T")
@@ -279,5 +291,79 @@ def test_lesson01_runs_in_the_browser_and_its_slider_redraws_the_plot(jupyterlab
             output.scroll_into_view_if_needed()
             page.screenshot(path=SCREENSHOT)
             print(f"screenshot: {SCREENSHOT}")
+    finally:
+        page.close()
+
+
+# Each plot of a static page: whether plotly drew it (its SVG), its title, and how many marks it shows. plotly.js
+# draws each trace in its layer of the subplot (.barlayer, .scatterlayer, .heatmaplayer: all .mlayer), pies in
+# .pielayer. A bar counts when it has a height; another mark (a line, a marker, a heatmap's image) when it has a size.
+PLOTS_DRAWN = """divs => divs.map(div => {
+  const graph = div.matches('.js-plotly-plot') ? div : div.querySelector('.js-plotly-plot');
+  const marks = selector => graph ? [...graph.querySelectorAll(selector)] : [];
+  const sized = element => { const box = element.getBBox(); return box.width > 0 || box.height > 0; };
+  return {
+    id: div.id,
+    svg: marks('svg.main-svg').length > 0,
+    title: graph?.querySelector('.gtitle')?.textContent ?? '',
+    barLayers: marks('.barlayer').length,
+    barPaths: marks('.barlayer .point path').length,
+    bars: marks('.barlayer .point path').filter(path => path.getBBox().height > 0).length,
+    marks: marks('.mlayer .trace path, .mlayer image, .pielayer .slice path')
+      .filter(element => element.tagName !== 'path' || element.getAttribute('d').trim() !== '')
+      .filter(sized).length,
+  };
+})"""
+
+
+def stored_plot_ids(notebook_path: Path) -> list[str]:
+    """The div ids of the figures kdlearn.plots stored in a notebook, in order."""
+    notebook = nbformat.read(notebook_path, as_version=4)
+    return [output.data["text/html"].split('id="', 1)[1].split('"', 1)[0]
+            for cell in notebook.cells if cell.cell_type == "code"
+            for output in cell.outputs if plots.PLOTLY_MIMETYPE in output.get("data", {})]
+
+
+def test_lesson01s_static_page_draws_every_plot_offline(browser, tmp_path):
+    for old in (SITE_SCREENSHOT, SITE_FAILURE_SCREENSHOT):
+        old.unlink(missing_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    reference = ROOT / "solutions" / LESSON
+    assert "FigureWidget" not in reference.read_text(), (
+        f"{reference} still uses plotly's FigureWidget, which draws nothing without a kernel: "
+        "kdlearn.plots.show or kdlearn.plots.interactive stores a figure that a page can draw")
+    expected = stored_plot_ids(reference)
+    assert expected, f"{reference} stores no figure of kdlearn.plots"
+    pages = site.build_site(ROOT / "solutions", tmp_path / "site", only=[LESSON.split("_")[0]])
+    (page_file,) = [tmp_path / "site" / page.file_name for page in pages if page.written]
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(UI_MS)
+    refused, errors = [], []
+    # Nothing leaves the machine: the page's plotly.js is the local copy; require.js, MathJax and the widget
+    # manager from CDNs are refused (the static page needs none of them to draw its plots).
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
+               else (refused.append(route.request.url), route.abort()))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        with screenshot_on_failure(page, SITE_FAILURE_SCREENSHOT):
+            page.goto(page_file.as_uri())
+            assert page.evaluate("typeof window.Plotly === 'object' && window.Plotly.version") == \
+                get_plotlyjs_version(), "the page's own plotly.js did not set window.Plotly"
+            page.wait_for_function(
+                "n => document.querySelectorAll('.kdlearn-plot svg.main-svg').length >= n", arg=len(expected))
+            drawn = page.locator(".kdlearn-plot").evaluate_all(PLOTS_DRAWN)
+            assert [plot["id"] for plot in drawn] == expected, "the page lacks some of the lesson's figures"
+            blank = [plot for plot in drawn if not plot["svg"] or plot["marks"] == 0
+                     or (plot["barLayers"] and plot["bars"] == 0)]
+            assert not blank, f"plots that drew no data: {blank}; page errors: {errors}; refused: {refused}"
+            assert all(plot["title"] for plot in drawn), f"plots without a title: {drawn}"
+            # The temperature's bar chart, as the reference run stored it at T = 1.
+            bar_charts = [plot for plot in drawn if plot["title"].startswith("soft targets at T = 1.00")]
+            assert bar_charts and bar_charts[0]["barPaths"] == 10, f"no bar chart of soft targets at T = 1: {drawn}"
+
+            page.locator(f"#{bar_charts[0]['id']}").scroll_into_view_if_needed()
+            page.screenshot(path=SITE_SCREENSHOT)
+            print(f"screenshot: {SITE_SCREENSHOT}; refused {len(refused)} requests: {refused}")
     finally:
         page.close()

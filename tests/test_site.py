@@ -130,6 +130,16 @@ def test_the_pages_hold_every_plot_the_lessons_stored(course, tmp_path):
     assert "&lt;plotly figure" not in (tmp_path / "out" / "01_second.html").read_text()
 
 
+def test_some_lessons_alone_keep_the_index_and_the_links_to_the_others(course, tmp_path):
+    pages = site.build_site(course, tmp_path / "out", only=["01"])
+    assert [(page.file_name, page.written) for page in pages] == [("00_first.html", False), ("01_second.html", True)]
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["01_second.html", "index.html", "plotly.min.js"]
+    assert 'href="00_first.html"' in (tmp_path / "out" / "01_second.html").read_text()
+    assert '<a href="00_first.html">00 · The first lesson</a>' in (tmp_path / "out" / "index.html").read_text()
+    with pytest.raises(site.SiteError, match="no lesson in .* starts with 02"):
+        site.build_site(course, tmp_path / "out", only=["02"])
+
+
 @pytest.mark.parametrize("make_folder, message", [
     (lambda tmp: tmp / "nowhere", "no folder {folder}: give the reference lessons' folder with --solutions DIR"),
     (lambda tmp: (tmp / "empty").mkdir() or tmp / "empty", "no reference lessons (NN_name.ipynb) in {folder}"),
