@@ -1,5 +1,7 @@
 """Tests of the Hinton 2015 experiment: its command line (table, JSON, MNIST offline) on tiny
-settings, and the tuned default outcome on digits: distillation closes at least half the gap."""
+settings, counting on the validation split, the default outcome on digits, the validation scan
+shipped in hinton_tuning.json (that Settings' defaults are its choices; read, not retrained) and
+the tuning module itself on a tiny grid."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ import statistics
 
 import pytest
 
-from kdlearn import data
-from kdlearn.experiments import hinton
+import torch
+
+from kdlearn import data, training
+from kdlearn.experiments import hinton, hinton_tuning
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -89,11 +93,171 @@ def test_run_is_deterministic_and_keeps_the_nets():
     assert first.models["teacher"][0][0].out_features == 256
 
 
-def test_default_digits_run_distillation_closes_at_least_half_the_gap():
-    """The tuned outcome the lesson relies on (about 20 s on one core): over the default 3 seeds,
-    the distilled student beats the student from scratch and closes >= half its gap to the teacher."""
+def test_default_digits_run_distilled_student_lands_between_scratch_and_teacher():
+    """The default outcome the lesson relies on (about 30 s on one core): over the default 3 seeds,
+    the distilled student beats the student from scratch on the test split, and the teacher beats
+    both. How much of the gap it closes is measured and printed, not asserted: with settings
+    chosen on validation it is a noisy share (see python -m kdlearn.experiments.hinton --seeds 12)."""
     results = hinton.run(hinton.default_settings("digits"), progress=False)
-    assert len(results.settings.seeds) >= 3
+    assert len(results.settings.seeds) >= 3 and results.evaluated_on == "test"
     teacher, scratch, distilled = (results.mean(name) for name in hinton.MODELS)
-    assert teacher < distilled < scratch
-    assert scratch - distilled >= 0.5 * (scratch - teacher), hinton.format_table(results)
+    assert teacher < distilled < scratch, hinton.format_table(results)
+    assert 0 < results.gap_closed() < 1
+
+
+# --- counting on the validation split -----------------------------------------------------------
+
+TWO_EPOCHS = dict(seeds=(0,), teacher_epochs=2, scratch_epochs=2, distilled_epochs=2)
+
+
+def test_run_can_count_validation_errors_instead_of_test_errors():
+    settings = dataclasses.replace(hinton.default_settings(), **TWO_EPOCHS)
+    ds = data.digits()
+    on_validation = hinton.run(settings, dataset=ds, progress=False, evaluate_on="validation")
+    assert (on_validation.evaluated_on, on_validation.test_size) == ("validation", 270)
+    assert hinton.run(settings, dataset=ds, progress=False).evaluated_on == "test"
+    for name in hinton.MODELS:
+        net = on_validation.models[name][0]
+        assert on_validation.errors[name] == [training.test_errors(net, ds.validation)]
+    assert "validation errors of 270 validation images" in hinton.format_table(on_validation)
+    assert on_validation.to_json()["evaluated_on"] == "validation"
+
+
+def test_evaluate_on_is_checked_before_any_training(monkeypatch):
+    monkeypatch.setattr(hinton, "train_teacher", lambda *a, **k: pytest.fail("trained before checking"))
+    with pytest.raises(ValueError, match="evaluate_on must be one of 'test', 'validation'"):
+        hinton.run(progress=False, evaluate_on="train")
+    without = dataclasses.replace(data.digits(), validation=None)
+    with pytest.raises(ValueError, match="evaluate_on='validation' needs a dataset with a validation split"):
+        hinton.run(dataset=without, progress=False, evaluate_on="validation")
+
+
+def test_the_command_line_counts_validation_errors_when_asked(capsys):
+    assert hinton.main(["--seeds", "1", "--epochs", "1", "--quiet", "--evaluate-on", "validation"]) == 0
+    assert "validation errors of 270 validation images" in capsys.readouterr().out
+
+
+# --- the shipped validation scan, and the defaults it chose ---------------------------------------
+
+@pytest.fixture(scope="module")
+def shipped():
+    return hinton_tuning.load()
+
+
+def test_defaults_are_the_choices_of_the_shipped_scan(shipped):
+    assert shipped["data"] == "digits" and shipped["evaluated_on"] == "validation"
+    assert shipped["chosen"], "the scan chose nothing"
+    for name, value in shipped["chosen"].items():
+        assert getattr(hinton.Settings(), name) == value, name
+        assert getattr(hinton.default_settings("digits"), name) == value, name
+
+
+def test_shipped_scan_is_the_modules_scan_and_follows_its_rule(shipped):
+    assert [stage["name"] for stage in shipped["stages"]] == [stage.name for stage in hinton_tuning.STAGES]
+    assert shipped["start"] == hinton_tuning._json_settings(hinton_tuning.START, exclude={"seeds"})
+    assert shipped["sizes"]["validation"] == len(data.digits().validation)
+    # Seeds of its own: none of those the test figures are reported on.
+    assert len(shipped["seeds"]) >= 3 and not set(shipped["seeds"]) & set(range(12))
+    chosen_so_far = {}
+    for stage, module_stage in zip(shipped["stages"], hinton_tuning.STAGES):
+        assert stage["grid"] == {name: list(values) for name, values in module_stage.grid.items()}
+        # Each stage ran with the earlier stages' choices in place.
+        assert all(stage["fixed"][name] == value for name, value in chosen_so_far.items() if name in stage["fixed"])
+        for configuration in stage["configurations"]:
+            assert len(configuration["errors"]) == len(shipped["seeds"])
+            assert configuration["mean"] == pytest.approx(statistics.fmean(configuration["errors"]))
+        assert stage["configurations"][hinton_tuning.choose(stage["configurations"])]["values"] == stage["chosen"]
+        chosen_so_far.update(stage["chosen"])
+    assert shipped["chosen"] == chosen_so_far
+
+
+def test_shipped_scan_gives_the_student_from_scratch_the_distilled_budget(shipped):
+    stages = {stage["name"]: stage for stage in shipped["stages"]}
+    assert max(stages["scratch"]["grid"]["scratch_epochs"]) >= max(stages["distilled"]["grid"]["distilled_epochs"])
+
+
+def test_shipped_check_run_agrees_with_the_stages(shipped):
+    """hinton.run with the choices, on validation, repeats the chosen configurations' errors."""
+    chosen = {stage["measures"]: next(c for c in stage["configurations"] if c["values"] == stage["chosen"])
+              for stage in shipped["stages"]}  # the last stage measuring each net wins
+    for name in hinton.MODELS:
+        assert shipped["chosen_on_validation"]["models"][name]["errors"] == chosen[name]["errors"], name
+
+
+def test_format_stage_marks_the_choice(shipped):
+    for stage in shipped["stages"]:
+        table = hinton_tuning.format_stage(shipped, stage["name"])
+        marked = [line for line in table.splitlines() if line.startswith("* ")]
+        assert len(marked) == 1 and "validation errors per seed" in table
+    assert "chosen:" in hinton_tuning.format_scan(shipped)
+    with pytest.raises(ValueError, match="name must be one of 'teacher'"):
+        hinton_tuning.format_stage(shipped, "student")
+
+
+def test_load_names_the_command_when_there_is_no_scan(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m kdlearn.experiments.hinton_tuning --out"):
+        hinton_tuning.load(tmp_path / "missing.json")
+
+
+# --- the tuning module itself, on a tiny grid ----------------------------------------------------
+
+TINY_START = dataclasses.replace(hinton_tuning.START, teacher_epochs=2, scratch_epochs=2, distilled_epochs=2)
+TINY_STAGES = (
+    hinton_tuning.Stage("teacher", "teacher", {"teacher_lr": (1e-3, 1e-2)}, "teacher lr"),
+    hinton_tuning.Stage("scratch", "scratch", {"scratch_epochs": (1, 3)}, "scratch epochs"),
+    hinton_tuning.Stage("temperature", "distilled", {"T": (2.0, 4.0), "alpha": (1.0,)}, "T"),
+)
+
+
+def test_tuning_scan_on_a_tiny_grid_never_looks_at_the_test_split():
+    ds = data.digits()
+    scan = hinton_tuning.scan(ds, seeds=(100,), stages=TINY_STAGES, start=TINY_START, progress=False)
+    assert [stage["name"] for stage in scan["stages"]] == ["teacher", "scratch", "temperature"]
+    for stage in scan["stages"]:
+        best = min(c["mean"] for c in stage["configurations"])
+        assert next(c for c in stage["configurations"] if c["values"] == stage["chosen"])["mean"] == best
+        assert all(0 <= e <= 270 for c in stage["configurations"] for e in c["errors"])
+    assert "distilled_from_it" in scan["stages"][0]["configurations"][0]
+    # Later stages run with earlier choices in place.
+    assert scan["stages"][1]["fixed"]["teacher_lr"] == scan["chosen"]["teacher_lr"]
+    assert set(scan["chosen"]) == {"teacher_lr", "scratch_epochs", "T", "alpha"}
+    json.dumps(scan, allow_nan=False)  # writable as JSON
+    # A test split of nonsense changes nothing: the scan never counts on it.
+    nonsense = data.Split(torch.zeros(1, 64), torch.tensor([3]))
+    again = hinton_tuning.scan(dataclasses.replace(ds, test=nonsense), seeds=(100,), stages=TINY_STAGES,
+                               start=TINY_START, progress=False)
+    assert again["stages"] == scan["stages"] and again["chosen_on_validation"] == scan["chosen_on_validation"]
+
+
+def test_choose_takes_the_lowest_mean_then_fewer_epochs_then_the_first():
+    def c(mean, **values):
+        return {"mean": mean, "values": values}
+
+    assert hinton_tuning.choose([c(5.0, lr=1), c(4.0, lr=2), c(4.5, lr=3)]) == 1
+    assert hinton_tuning.choose([c(4.0, scratch_epochs=150), c(4.0, scratch_epochs=50)]) == 1
+    assert hinton_tuning.choose([c(4.0, T=2.0), c(4.0, T=4.0)]) == 0
+    with pytest.raises(ValueError, match="configurations"):
+        hinton_tuning.choose([])
+
+
+def test_tuning_scan_rejects_a_bad_stage_or_no_seeds():
+    with pytest.raises(ValueError, match="grid names fields Settings does not have"):
+        hinton_tuning.scan(stages=(hinton_tuning.Stage("x", "teacher", {"teacher_rate": (1,)}, "?"),), progress=False)
+    with pytest.raises(ValueError, match="measures must be one of"):
+        hinton_tuning.scan(stages=(hinton_tuning.Stage("x", "student", {"T": (1.0,)}, "?"),), progress=False)
+    with pytest.raises(ValueError, match="seeds must hold at least one seed"):
+        hinton_tuning.scan(seeds=(), progress=False)
+
+
+def test_tuning_command_line_writes_a_scan_that_load_reads(monkeypatch, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        hinton_tuning.main(["--help"])
+    assert stop.value.code == 0 and "--seeds" in capsys.readouterr().out
+    monkeypatch.setattr(hinton_tuning, "STAGES", TINY_STAGES[1:])
+    monkeypatch.setattr(hinton_tuning, "START", TINY_START)
+    out = tmp_path / "scan.json"
+    assert hinton_tuning.main(["--seeds", "1", "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    scan = hinton_tuning.load(out)
+    assert scan["seeds"] == [hinton_tuning.FIRST_SEED] and "scratch epochs" in printed
+    assert hinton_tuning.format_scan(scan) in printed
