@@ -144,8 +144,8 @@ def jitter_images(x: torch.Tensor, max_shift: int, generator: torch.Generator | 
 
     out[n, r, c] = image[n, r - dy, c - dx] where that lies inside the image, else 0: a positive
     dy moves the content down, a positive dx moves it right. The paper jitters 28x28 MNIST by up
-    to 2 pixels; on 8x8 digits the smallest shift, 1 pixel, is already an eighth of the image (it
-    made the digits teacher worse: see kdlearn.experiments.hinton).
+    to 2 pixels; on 8x8 digits the smallest shift, 1 pixel, is already an eighth of the image, so
+    kdlearn.experiments.hinton does not jitter the digits.
     """
     n, features = x.shape
     side = math.isqrt(features)
