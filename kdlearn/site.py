@@ -18,7 +18,10 @@ Each page is nbconvert's HTML (its JupyterLab template). Three things are change
   figures draw with ``window.Plotly`` when the page has it, so the plots draw offline. It has to
   come before the require.js that nbconvert's page loads: loaded after it, plotly.js registers as an
   AMD module and never sets ``window.Plotly``;
-- the page's <title> is the lesson's title.
+- the page's <title> is the lesson's title;
+- an output that holds both a widget's view and a figure of kdlearn.plots (a figure that a live kernel
+  redraws inside a widget, stored with its first picture) shows the figure: without a kernel, the
+  widget could only show that same picture, and only with a widget manager fetched from a CDN.
 
 An index.html lists the lessons by their titles.
 """
@@ -42,6 +45,8 @@ LESSON_GLOB = "[0-9][0-9]_*.ipynb"
 LESSON_LINK = re.compile(r'(?P<start>\bhref=")(?:\./)?(?P<stem>\d\d_[^"/#?]+)\.ipynb(?P<anchor>#[^"]*)?"')
 HEAD_TAG = re.compile(r"<head\b[^>]*>", re.IGNORECASE)
 HEADING = re.compile(r"^#\s+(.+?)\s*#*\s*$", re.MULTILINE)
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+FIGURE_HTML = 'class="kdlearn-plot"'
 
 
 class SiteError(Exception):
@@ -96,8 +101,19 @@ def load_plotly_first(page_html: str) -> str:
     return page_html[: head.end()] + tag + page_html[head.end():]
 
 
+def show_stored_figures(notebook: nbformat.NotebookNode) -> None:
+    """Drop the widget view from each output that also stores a figure of kdlearn.plots, so the page shows
+    the figure (nbconvert prefers a widget view to any other form of an output)."""
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET_VIEW in data and FIGURE_HTML in data.get("text/html", ""):
+                del data[WIDGET_VIEW]
+
+
 def render_lesson(path: Path, pages: set[str], exporter) -> tuple[str, Page]:
     notebook = nbformat.read(path, as_version=4)
+    show_stored_figures(notebook)
     page = Page(source=path, title=lesson_title(notebook, fallback=path.stem))
     body, _ = exporter.from_notebook_node(notebook, resources={"metadata": {"name": page.title}})
     body, page.broken_links = rewrite_lesson_links(body, pages)

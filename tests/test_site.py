@@ -130,6 +130,18 @@ def test_the_pages_hold_every_plot_the_lessons_stored(course, tmp_path):
     assert "&lt;plotly figure" not in (tmp_path / "out" / "01_second.html").read_text()
 
 
+def test_a_figure_stored_beside_a_widget_view_is_shown_as_the_figure(tmp_path):
+    """A figure that a live kernel redraws inside a widget, its first picture stored in the same output."""
+    (tmp_path / "solutions").mkdir()
+    both = figure_output(bars("soft targets at T = 1.00"))
+    both.data[site.WIDGET_VIEW] = {"version_major": 2, "version_minor": 0, "model_id": "feedfacefeedface"}
+    nbformat.write(new_notebook(cells=[new_markdown_cell("# 00 · Redrawn"), new_code_cell("draw()", outputs=[both])]),
+                   tmp_path / "solutions" / "00_redrawn.ipynb")
+    site.build_site(tmp_path / "solutions", tmp_path / "out")
+    page = (tmp_path / "out" / "00_redrawn.html").read_text()
+    assert page.count('<div class="kdlearn-plot"') == 1 and "feedfacefeedface" not in page
+
+
 def test_some_lessons_alone_keep_the_index_and_the_links_to_the_others(course, tmp_path):
     pages = site.build_site(course, tmp_path / "out", only=["01"])
     assert [(page.file_name, page.written) for page in pages] == [("00_first.html", False), ("01_second.html", True)]
