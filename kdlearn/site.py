@@ -9,7 +9,7 @@ The pages are made from solutions/, where every lesson's outputs are stored, so 
 exercise solved: publish them for the open course, not for a graded class (``kdlearn handout``
 makes what a class gets). Nothing is run: a page shows what the last ``kdlearn build`` stored.
 
-Each page is nbconvert's HTML (its JupyterLab template). Three things are changed on the way:
+Each page is nbconvert's HTML (its JupyterLab template). Four things are changed on the way:
 
 - a link from one lesson to another (``02_hinton_reproduced.ipynb``) points at that lesson's page
   (``02_hinton_reproduced.html``); a link to a lesson that is not in the folder is left as it is and
@@ -73,7 +73,7 @@ def lesson_title(notebook: nbformat.NotebookNode, fallback: str) -> str:
             match = HEADING.search(cell.source)
             if match:
                 text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", match.group(1))  # a link keeps its words
-                return re.sub(r"[*_`]", "", text).strip() or fallback
+                return re.sub(r"[*`]", "", text).strip() or fallback  # emphasis and code marks go
     return fallback
 
 
@@ -132,15 +132,16 @@ def index_html(pages: list[Page]) -> str:
 <style>
   body {{ font-family: system-ui, sans-serif; max-width: 46rem; margin: 3rem auto; padding: 0 1rem;
          line-height: 1.5; color: #222; }}
+  ul.lessons {{ list-style: none; padding: 0; }}  /* the titles carry their numbers */
   li {{ margin: 0.3rem 0; }}
   .note {{ color: #555; }}
 </style>
 </head>
 <body>
 <h1>kdlearn: knowledge distillation, a course you run</h1>
-<ol start="0">
+<ul class="lessons">
 {items}
-</ol>
+</ul>
 <p class="note">These pages are the reference lessons as one run stored them: every exercise is shown
 solved, and every plot as it was first drawn. Sliders move plots only in a running notebook: open the
 learner versions (the repository's <code>lessons/</code> folder) in JupyterLab to run the lessons and
