@@ -495,6 +495,7 @@ def test_kernel_work_leaves_the_interpreter_as_it_found_it():
 COUNT_COMPILED = textwrap.dedent("""
     import json, torch, triton
     import triton.language as tl
+    import kdlearn
     from triton.runtime.jit import JITFunction
     from kdlearn.exercises import lesson05
     from tests.test_exercises_lesson05 import count_copy_twice, COUNTED
@@ -505,9 +506,16 @@ COUNT_COMPILED = textwrap.dedent("""
     s, t = torch.randn(2, 40).bfloat16().requires_grad_(True), torch.randn(2, 40).bfloat16()
     with lesson05.KernelWork() as kernels:
         sd.softmax_divergence(s, t, torch.ones(2, dtype=torch.bool), T=2.0, divergence="forward").sum().backward()
+    # kdlearn's answer to exercise 5.5, with compiled device functions passed to it, as the lesson counts it
+    functions = {name: lesson05.reference(name) for name in ("online_update", "kl_terms", "kl_gradient")}
+    loss, grad = torch.empty(2), torch.empty(2, 40, dtype=torch.bfloat16)
+    with lesson05.KernelWork() as lesson_kernel:
+        lesson05.reference("kl_kernel")[(2,)](s, 40, t, 40, loss, grad, 40, 0.5, BLOCK=8, **functions)
+    lesson_right = torch.allclose(loss, kdlearn.kl_divergence(s.detach(), t, T=2.0, reduction="none"), rtol=1e-3)
     restored = all(isinstance(f, JITFunction) for f in (COUNTED, sd._forward_kernel, sd._load_row_block, tl.max,
                                                         tl.sum)) and JITFunction.run is JITFunction.__dict__["run"]
-    print(json.dumps([right, work.loaded, work.stored, work.exps, kernels.launches, kernels.stored, restored]))
+    print(json.dumps([right, work.loaded, work.stored, work.exps, kernels.launches, kernels.stored, restored,
+                      lesson_right, lesson_kernel.loaded / (2 * 40), lesson_kernel.exps / (2 * 40)]))
 """)
 
 
@@ -517,9 +525,12 @@ def test_kernel_work_counts_compiled_kernels_through_interpreted_twins():
     result = subprocess.run([sys.executable, "-c", COUNT_COMPILED], env=env, cwd=ROOT, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    right, loaded, stored, exps, launches, kernel_stored, restored = json.loads(result.stdout.strip().splitlines()[-1])
+    (right, loaded, stored, exps, launches, kernel_stored, restored, lesson_right, lesson_loaded,
+     lesson_exps) = json.loads(result.stdout.strip().splitlines()[-1])
     assert right and (loaded, stored, exps) == (2 * 30 * 4, 30 * 4, 48)
     assert launches == 2 and kernel_stored >= 2 * 40 * 2 and restored
+    # two passes over two bf16 rows; 5 exponentials per position and 2 per block of 8 for the rescaling
+    assert lesson_right and lesson_loaded == 8 and lesson_exps == 5 + 2 / 8
 
 
 # --- machine code: the exponentials run on the special-function units ------------------------------
