@@ -2,8 +2,9 @@
 
 - As a learner runs it: JupyterLab serves a copy of the learner notebook on 127.0.0.1 with token
   authentication, headless Chromium runs every cell, and a drag of the temperature slider redraws the bar chart.
-- As the course's static site shows it: kdlearn.site renders the reference lesson to HTML, Chromium opens the
-  page from disk with every request that is not for a local file refused, and every plot on it draws.
+- As the course's static site shows it: kdlearn.site renders the reference lessons to HTML, Chromium opens
+  lesson 01's page (and every other lesson's) from disk with every request that is not for a local file refused,
+  and every plot on it draws.
 
 Chromium is Debian's package (`apt-get install chromium`, which .ci/run does), driven by Playwright through its
 executable path: Playwright's own browser download needs a network this project cannot count on.
@@ -324,19 +325,42 @@ def stored_plot_ids(notebook_path: Path) -> list[str]:
             for output in cell.outputs if plots.PLOTLY_MIMETYPE in output.get("data", {})]
 
 
-def test_lesson01s_static_page_draws_every_plot_offline(browser, tmp_path):
-    for old in (SITE_SCREENSHOT, SITE_FAILURE_SCREENSHOT):
-        old.unlink(missing_ok=True)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    reference = ROOT / "solutions" / LESSON
-    assert "FigureWidget" not in reference.read_text(), (
-        f"{reference} still uses plotly's FigureWidget, which draws nothing without a kernel: "
-        "kdlearn.plots.show or kdlearn.plots.interactive stores a figure that a page can draw")
-    expected = stored_plot_ids(reference)
-    assert expected, f"{reference} stores no figure of kdlearn.plots"
-    pages = site.build_site(ROOT / "solutions", tmp_path / "site", only=[LESSON.split("_")[0]])
-    (page_file,) = [tmp_path / "site" / page.file_name for page in pages if page.written]
+@dataclass(frozen=True)
+class StaticSite:
+    solutions: Path  # the reference lessons the pages were made from
+    pages: Path
 
+
+@pytest.fixture(scope="module")
+def static_site(tmp_path_factory) -> StaticSite:
+    """The course's static pages, as `kdlearn site` writes them, from a copy of solutions/: the figures a
+    test expects are read from the very notebooks the pages were made from, even if solutions/ changes."""
+    home = tmp_path_factory.mktemp("site")
+    shutil.copytree(ROOT / "solutions", home / "solutions")
+    site.build_site(home / "solutions", home / "pages")
+    return StaticSite(home / "solutions", home / "pages")
+
+
+def plots_drawn(page: Page, page_file: Path, expected: list[str], errors: list[str], refused: list[str]) -> list[dict]:
+    """Open the page, wait for its plots, and check that each of the figures ``expected`` (their div ids) drew
+    data; what PLOTS_DRAWN found."""
+    page.goto(page_file.as_uri())
+    assert page.evaluate("typeof window.Plotly === 'object' && window.Plotly.version") == \
+        get_plotlyjs_version(), "the page's own plotly.js did not set window.Plotly"
+    page.wait_for_function(
+        "n => document.querySelectorAll('.kdlearn-plot svg.main-svg').length >= n", arg=len(expected))
+    drawn = page.locator(".kdlearn-plot").evaluate_all(PLOTS_DRAWN)
+    assert [plot["id"] for plot in drawn] == expected, "the page lacks some of the lesson's figures"
+    blank = [plot for plot in drawn if not plot["svg"] or plot["marks"] == 0
+             or (plot["barLayers"] and plot["bars"] == 0)]
+    assert not blank, f"plots that drew no data: {blank}; page errors: {errors}; refused: {refused}"
+    assert all(plot["title"] for plot in drawn), f"plots without a title: {drawn}"
+    return drawn
+
+
+def draw_offline(browser: Browser, page_file: Path, expected: list[str], failure_screenshot: Path):
+    """plots_drawn on a static page opened from disk with every request that is not for a local file refused;
+    the open page, what PLOTS_DRAWN found, and the refused URLs."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(UI_MS)
     refused, errors = [], []
@@ -346,24 +370,47 @@ def test_lesson01s_static_page_draws_every_plot_offline(browser, tmp_path):
                else (refused.append(route.request.url), route.abort()))
     page.on("pageerror", lambda error: errors.append(str(error)))
     try:
+        with screenshot_on_failure(page, failure_screenshot):
+            drawn = plots_drawn(page, page_file, expected, errors, refused)
+    except BaseException:
+        page.close()
+        raise
+    return page, drawn, refused
+
+
+def test_lesson01s_static_page_draws_every_plot_offline(browser, static_site):
+    for old in (SITE_SCREENSHOT, SITE_FAILURE_SCREENSHOT):
+        old.unlink(missing_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    reference = static_site.solutions / LESSON
+    assert "FigureWidget" not in reference.read_text(), (
+        f"{reference} still uses plotly's FigureWidget, which draws nothing without a kernel: "
+        "kdlearn.plots.show or kdlearn.plots.interactive stores a figure that a page can draw")
+    expected = stored_plot_ids(reference)
+    assert expected, f"{reference} stores no figure of kdlearn.plots"
+    page, drawn, refused = draw_offline(browser, static_site.pages / reference.with_suffix(".html").name, expected,
+                                        SITE_FAILURE_SCREENSHOT)
+    try:
         with screenshot_on_failure(page, SITE_FAILURE_SCREENSHOT):
-            page.goto(page_file.as_uri())
-            assert page.evaluate("typeof window.Plotly === 'object' && window.Plotly.version") == \
-                get_plotlyjs_version(), "the page's own plotly.js did not set window.Plotly"
-            page.wait_for_function(
-                "n => document.querySelectorAll('.kdlearn-plot svg.main-svg').length >= n", arg=len(expected))
-            drawn = page.locator(".kdlearn-plot").evaluate_all(PLOTS_DRAWN)
-            assert [plot["id"] for plot in drawn] == expected, "the page lacks some of the lesson's figures"
-            blank = [plot for plot in drawn if not plot["svg"] or plot["marks"] == 0
-                     or (plot["barLayers"] and plot["bars"] == 0)]
-            assert not blank, f"plots that drew no data: {blank}; page errors: {errors}; refused: {refused}"
-            assert all(plot["title"] for plot in drawn), f"plots without a title: {drawn}"
             # The temperature's bar chart, as the reference run stored it at T = 1.
             bar_charts = [plot for plot in drawn if plot["title"].startswith("soft targets at T = 1.00")]
             assert bar_charts and bar_charts[0]["barPaths"] == 10, f"no bar chart of soft targets at T = 1: {drawn}"
-
             page.locator(f"#{bar_charts[0]['id']}").scroll_into_view_if_needed()
             page.screenshot(path=SITE_SCREENSHOT)
             print(f"screenshot: {SITE_SCREENSHOT}; refused {len(refused)} requests: {refused}")
     finally:
         page.close()
+
+
+OTHER_LESSONS = sorted(path.name for path in (ROOT / "solutions").glob("[0-9][0-9]_*.ipynb") if path.name != LESSON)
+
+
+@pytest.mark.parametrize("lesson", OTHER_LESSONS, ids=[name.removesuffix(".ipynb") for name in OTHER_LESSONS])
+def test_every_other_lessons_static_page_draws_its_plots_offline(browser, static_site, lesson):
+    reference = static_site.solutions / lesson
+    failure = ARTIFACTS / f"site-{reference.stem}-failure.png"
+    failure.unlink(missing_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page, _, _ = draw_offline(browser, static_site.pages / reference.with_suffix(".html").name,
+                              stored_plot_ids(reference), failure)
+    page.close()
