@@ -15,7 +15,8 @@ forms stored with the notebook:
   plotly was built with otherwise.
 
 ``interactive`` shows the controls, then the figure of their first values (so that picture is
-stored too), and replaces the figure in place each time a control moves.
+stored too), and redraws the figure in place, inside an ipywidgets Output widget, each time a
+control moves.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from IPython.display import display
 from plotly.offline import get_plotlyjs_version
 
 PLOTLY_MIMETYPE = "application/vnd.plotly.v1+json"
+WIDGET_VIEW_MIMETYPE = "application/vnd.jupyter.widget-view+json"
 DEFAULT_HEIGHT_PX = 450
 _figure_numbers = itertools.count()  # div ids stay unique within a run and the same on every rerun
 
@@ -95,8 +97,11 @@ def interactive(draw: Callable[..., object], **controls) -> None:
 
         plots.interactive(lambda T: bars_at(T), T=widgets.FloatLogSlider(value=1.0, ...))
 
-    The figure of the controls' first values is an ordinary stored output: it is what a reader
-    sees before running the notebook, or in its HTML."""
+    The figure lives in an ipywidgets Output widget, which the kernel redraws into: JupyterLab drops an
+    update_display_data sent from a widget's callback (ipywidgets issue #1844), so a figure displayed as an
+    ordinary output could not be redrawn there. The output that shows the Output widget also stores the
+    figure of the controls' first values as an ordinary figure: a reader without a kernel (JupyterLab before
+    the notebook is run, the course's static pages) sees that picture, since no widget can be shown there."""
     if not controls:
         raise ValueError("controls must name at least one widget, e.g. T=widgets.FloatSlider()")
     import ipywidgets as widgets
@@ -104,11 +109,20 @@ def interactive(draw: Callable[..., object], **controls) -> None:
     def current_figure():
         return mimebundle(draw(**{name: control.value for name, control in controls.items()}))
 
+    first = current_figure()
+    # The live view starts from the same picture. It is set as the widget's content rather than
+    # displayed inside `with area:`, which would have the notebook runner (nbclient) reroute the cell's
+    # outputs for a moment; the redraws below happen only in a live kernel.
+    area = widgets.Output(outputs=({"output_type": "display_data", "data": first, "metadata": {}},))
     display(widgets.HBox(list(controls.values())))
-    handle = display(current_figure(), raw=True, display_id=True)
+    display({**first, WIDGET_VIEW_MIMETYPE: {"version_major": 2, "version_minor": 0, "model_id": area.model_id}},
+            raw=True)
 
     def redraw(change=None):
-        handle.update(current_figure(), raw=True)
+        figure = current_figure()
+        with area:
+            area.clear_output(wait=True)  # no flicker: the old figure goes when the new one comes
+            display(figure, raw=True)
 
     for control in controls.values():
         control.observe(redraw, names="value")

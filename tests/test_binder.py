@@ -55,7 +55,7 @@ BINDER_BADGE = re.compile(r"https://mybinder\.org/v2/gh/[^/\s)]+/[^/\s)]+/[^?\s)
 # Files with which repo2docker would build the image its own way and leave requirements.txt uninstalled.
 OTHER_ENVIRONMENT_FILES = ("Dockerfile", "default.nix", "environment.yml", "Pipfile", "Pipfile.lock", "pyproject.toml")
 # The JupyterLab extensions the lessons' plots and sliders need in the browser.
-WIDGET_EXTENSIONS = {"@jupyter-widgets/jupyterlab-manager", "anywidget", "jupyterlab-plotly"}
+WIDGET_EXTENSIONS = {"@jupyter-widgets/jupyterlab-manager", "jupyterlab-plotly"}
 SERVER_START_TIMEOUT_S = 120
 # Where the README's badge opens JupyterLab: the lessons folder.
 BADGE_URLPATH = "lab/tree/lessons"
