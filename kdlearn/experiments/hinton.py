@@ -297,10 +297,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m kdlearn.experimen
                              "downloaded once into the cache (slow on a CPU)")
     parser.add_argument("--fallback", action="store_true",
                         help="with --data mnist: if MNIST cannot be had (offline), run on digits instead of stopping")
-    parser.add_argument("--seeds", type=_positive_int, default=3, help="how many seeds, 0 .. N-1 (default 3)")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="how many seeds, 0 .. N-1 (default 3)")
     parser.add_argument("--T", type=float, help="distillation temperature (default: the dataset's)")
     parser.add_argument("--alpha", type=float, help="weight of the soft term in kd_loss (default: the dataset's)")
-    parser.add_argument("--epochs", type=_positive_int, help="epochs for teacher and students alike "
+    parser.add_argument("--epochs", type=positive_int, help="epochs for teacher and students alike "
                                                              "(default: the dataset's)")
     parser.add_argument("--evaluate-on", choices=EVALUATION_SPLITS, default="test",
                         help="count errors on the test split (default) or on the validation split, "
@@ -340,7 +340,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m kdlearn.experimen
     return 0
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (seeds, epochs)."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")

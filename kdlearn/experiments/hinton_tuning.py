@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m kdlearn.experimen
         description="Choose the Hinton experiment's digits settings on the validation split, stage by stage "
                     "(coordinate-wise), and print every configuration's validation errors. "
                     "No test image is used.")
-    parser.add_argument("--seeds", type=_positive_int, default=DEFAULT_SEEDS,
+    parser.add_argument("--seeds", type=hinton.positive_int, default=DEFAULT_SEEDS,
                         help=f"seeds per configuration, {FIRST_SEED} .. {FIRST_SEED} + N - 1 (default {DEFAULT_SEEDS})")
     parser.add_argument("--out", type=Path,
                         help="also write the scan as JSON to this file (the shipped one: "
@@ -290,13 +290,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m kdlearn.experimen
         args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
         print(f"\nwritten to {args.out}")
     return 0
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 if __name__ == "__main__":
