@@ -38,6 +38,8 @@ from pathlib import Path
 
 import nbformat
 
+from kdlearn import plots
+
 PLOTLY_FILE = "plotly.min.js"
 INDEX_FILE = "index.html"
 LESSON_GLOB = "[0-9][0-9]_*.ipynb"
@@ -45,8 +47,6 @@ LESSON_GLOB = "[0-9][0-9]_*.ipynb"
 LESSON_LINK = re.compile(r'(?P<start>\bhref=")(?:\./)?(?P<stem>\d\d_[^"/#?]+)\.ipynb(?P<anchor>#[^"]*)?"')
 HEAD_TAG = re.compile(r"<head\b[^>]*>", re.IGNORECASE)
 HEADING = re.compile(r"^#\s+(.+?)\s*#*\s*$", re.MULTILINE)
-WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-FIGURE_HTML = 'class="kdlearn-plot"'
 
 
 class SiteError(Exception):
@@ -107,8 +107,8 @@ def show_stored_figures(notebook: nbformat.NotebookNode) -> None:
     for cell in notebook.cells:
         for output in cell.get("outputs", []):
             data = output.get("data", {})
-            if WIDGET_VIEW in data and FIGURE_HTML in data.get("text/html", ""):
-                del data[WIDGET_VIEW]
+            if plots.WIDGET_VIEW_MIMETYPE in data and plots.PLOTLY_MIMETYPE in data:
+                del data[plots.WIDGET_VIEW_MIMETYPE]
 
 
 def render_lesson(path: Path, pages: set[str], exporter) -> tuple[str, Page]:
@@ -170,7 +170,7 @@ def build_site(solutions: Path, out: Path, only: list[str] | None = None) -> lis
     exporter = HTMLExporter(template_name="lab")
     names = {source.with_suffix(".html").name for source in sources}
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_plotlyjs_path(), out / PLOTLY_FILE)
+    shutil.copyfile(plots.plotlyjs_path(), out / PLOTLY_FILE)
     pages = []
     for source in sources:
         if only and not any(source.name.startswith(name) for name in only):
@@ -185,12 +185,6 @@ def build_site(solutions: Path, out: Path, only: list[str] | None = None) -> lis
         pages.append(page)
     (out / INDEX_FILE).write_text(index_html(pages), encoding="utf-8")
     return pages
-
-
-def _plotlyjs_path() -> Path:
-    from kdlearn.plots import plotlyjs_path
-
-    return plotlyjs_path()
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m kdlearn.site") -> int:

@@ -135,7 +135,7 @@ def test_a_figure_stored_beside_a_widget_view_is_shown_as_the_figure(tmp_path):
     """A figure that a live kernel redraws inside a widget, its first picture stored in the same output."""
     (tmp_path / "solutions").mkdir()
     both = figure_output(bars("soft targets at T = 1.00"))
-    both.data[site.WIDGET_VIEW] = {"version_major": 2, "version_minor": 0, "model_id": "feedfacefeedface"}
+    both.data[plots.WIDGET_VIEW_MIMETYPE] = {"version_major": 2, "version_minor": 0, "model_id": "feedfacefeedface"}
     nbformat.write(new_notebook(cells=[new_markdown_cell("# 00 · Redrawn"), new_code_cell("draw()", outputs=[both])]),
                    tmp_path / "solutions" / "00_redrawn.ipynb")
     site.build_site(tmp_path / "solutions", tmp_path / "out")
