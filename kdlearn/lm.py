@@ -401,6 +401,15 @@ def continuation_log_prob(model: GPT, prompts, continuations, *, batch_size: int
 # --- checkpoints ----------------------------------------------------------------------------------
 
 
+def _checkpoint_files(path) -> tuple[Path, Path]:
+    """path.safetensors and path.json. Only those two suffixes are dropped from path: any other
+    dot belongs to the name, so that run_T2.0 and run_T2.5 are two checkpoints, not one."""
+    path = Path(path)
+    if path.suffix in (".safetensors", ".json"):
+        path = path.with_suffix("")
+    return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
+
+
 def save(model: GPT, tokenizer: CharTokenizer, path, **metadata) -> tuple[Path, Path]:
     """Write ``path``.safetensors (the weights) and ``path``.json (the configuration, the alphabet,
     and any ``metadata`` given, e.g. how the model was trained and what it scored)."""
@@ -409,8 +418,7 @@ def save(model: GPT, tokenizer: CharTokenizer, path, **metadata) -> tuple[Path, 
     if tokenizer.vocab_size != model.config.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is "
                          f"{model.config.vocab_size}: they do not belong together")
-    path = Path(path)
-    weights, config = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    weights, config = _checkpoint_files(path)
     save_file({name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}, str(weights))
     config.write_text(json.dumps({"config": asdict(model.config), "alphabet": tokenizer.alphabet,
                                   **metadata}, indent=1) + "\n")
@@ -425,8 +433,7 @@ def load(path) -> tuple[GPT, CharTokenizer, dict]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path)
-    weights, config_file = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    weights, config_file = _checkpoint_files(path)
     for file in (config_file, weights):
         if not file.is_file():
             raise FileNotFoundError(f"no checkpoint file {file}; a checkpoint is a .json and a .safetensors "
@@ -435,7 +442,8 @@ def load(path) -> tuple[GPT, CharTokenizer, dict]:
         meta = json.loads(config_file.read_text())
         config = GPTConfig(**meta.pop("config"))
         tokenizer = CharTokenizer(meta.pop("alphabet"))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+    # AttributeError: JSON that is no object ("a string", null) has no .pop.
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{config_file} is not a kdlearn.lm checkpoint configuration: {error}") from None
     try:
         state = load_file(str(weights))
