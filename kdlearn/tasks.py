@@ -2,7 +2,7 @@
 
     from kdlearn import tasks
     task = tasks.Addition(digits=3)
-    task.examples("train", 4, seed=0)    # [Example(prompt='052+318=', answer='0730'), ...]
+    task.examples("train", 4, seed=0)    # [Example(prompt='248+263=', answer='1150', rationale='11,11,5,0'), ...]
     task.is_correct("052+318=", "0730")  # True: 52 + 318 = 370, written backwards and padded
     tokenizer = task.tokenizer()
 
@@ -109,7 +109,9 @@ class Task:
             distinct = False
             if not isinstance(n, int) or n < 1:
                 raise ValueError(f"n must be a positive int, got {n!r}")
-        rng = random.Random(f"{self.describe()}/{split}/{seed}")
+        # Seeded without the rationale flag: a task with and without rationales draws the same
+        # examples, so that students with and without them are trained and tested on the same prompts.
+        rng = random.Random(f"{self.describe().replace(', rationale', '')}/{split}/{seed}")
         found, seen = [], set()
         for _ in range(1000 * n):
             instance = self._draw(rng)
@@ -161,7 +163,8 @@ def _digits_of(prompt: str, sep: str, width: int) -> tuple[int, int] | None:
     if body is None or body.count(sep) != 1:
         return None
     a, b = body.split(sep)
-    if len(a) != width or len(b) != width or not (a.isdigit() and b.isdigit()):
+    # isascii: str.isdigit accepts other scripts' digits too ("²", "٣"), which int() rejects or reads.
+    if len(a) != width or len(b) != width or not (a.isascii() and a.isdigit() and b.isascii() and b.isdigit()):
         return None
     return int(a), int(b)
 
@@ -283,7 +286,8 @@ class AnyOrder(Task):
 
     def _digits(self, prompt: str) -> str | None:
         body = prompt[:-1] if prompt.endswith(":") else ""
-        return body if len(body) == self.size and len(set(body)) == self.size and body.isdigit() else None
+        ascii_digits = body.isascii() and body.isdigit()  # not "¹²³⁴", which str.isdigit accepts
+        return body if len(body) == self.size and len(set(body)) == self.size and ascii_digits else None
 
     def is_correct(self, prompt: str, output: str) -> bool:
         digits = self._digits(prompt)
