@@ -149,7 +149,10 @@ def token_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None
     o = objective
     options = dict(labels=targets, ignore_index=ignore_index, reduction="mean")
     if o.divergence == "ce":
-        log_q = torch.log_softmax(student.float(), dim=-1)
+        # Positions that do not count may hold anything, a row of -inf too, whose NaN log-softmax
+        # would reach the gradient through 0 * NaN: they are zeroed first, as kdlearn.losses does.
+        student = torch.where(counted.unsqueeze(-1), student, 0.0)
+        log_q = torch.log_softmax(losses._at_least_fp32(student), dim=-1)
         nll = -log_q.gather(-1, torch.where(counted, targets, 0).unsqueeze(-1)).squeeze(-1)
         return losses.reduce_rows(nll, counted, "mean")
     if o.divergence in ("forward", "reverse"):
@@ -158,7 +161,7 @@ def token_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None
         return losses.generalized_jsd(student, teacher, beta=o.beta, T=o.T, **options)
     if o.divergence == "kd":
         return losses.kd_loss(student, teacher, targets, T=o.T, alpha=o.alpha, ignore_index=ignore_index)
-    top = torch.log_softmax(teacher.float() / o.T, dim=-1).topk(min(o.top_k, vocab), dim=-1)
+    top = torch.log_softmax(losses._at_least_fp32(teacher) / o.T, dim=-1).topk(min(o.top_k, vocab), dim=-1)
     return losses.topk_kl(student, top.values, top.indices, T=o.T, **options)
 
 
@@ -247,11 +250,17 @@ def train(student: lm.GPT, tokenizer: lm.CharTokenizer, data: Sequence[tuple[str
           seed: int = 0, progress: bool = True) -> History:
     """Train ``student`` in place for ``steps`` updates on (prompt, completion) texts; leave it in eval mode.
 
-    Each step draws batch_size pairs at random (with ``seed``). With probability lmbda the
-    student writes that batch's completions itself (sampled at sample_temperature, up to
-    max_new_tokens, by default the longest completion in data plus one), and the teacher's
-    feedback on them is the loss; otherwise the data's completions are used. AdamW, linear
-    warmup then cosine decay to 0. Deterministic for a given seed and number of torch threads."""
+    Step s (counted from 0) takes the next batch_size draws of one ``random.Random(seed)``,
+    ``randrange(len(data))`` each, as its pairs, encoded with tokenizer.encode_prompt and
+    encode_completion and packed with lm.pack. With probability lmbda (drawn from a generator of
+    its own) the student writes that batch's completions itself, sampled at sample_temperature
+    (0 is greedy) up to max_new_tokens (by default the longest encoded completion in data, end
+    token included, plus one), and the teacher's feedback on them is the loss; otherwise the
+    data's completions are used. The update is distill_step (gradients clipped at norm 1), the
+    student in train mode, with AdamW(lr, weight_decay) at learning rate lr * (s + 1) / warmup
+    while s < warmup, then lr * (1 + cos(pi * (s - warmup) / max(1, steps - warmup))) / 2 (linear
+    warmup, cosine decay to 0). Dropout draws from torch's global generator, seeded with seed for
+    the run and restored afterwards. Deterministic for a given seed and number of torch threads."""
     if not data:
         raise ValueError("data is empty: pass (prompt, completion) pairs to train on")
     if not isinstance(steps, int) or steps < 1 or not isinstance(batch_size, int) or batch_size < 1:
@@ -262,6 +271,13 @@ def train(student: lm.GPT, tokenizer: lm.CharTokenizer, data: Sequence[tuple[str
                          "pass teacher= and a divergence other than 'ce'")
     if objective.needs_teacher and teacher is None:
         raise ValueError(f"divergence {objective.divergence!r} needs a teacher; pass teacher=, or Objective('ce')")
+    # Checked here, not at the first on-policy step, which may come after minutes of training.
+    if isinstance(sample_temperature, bool) or not isinstance(sample_temperature, (int, float)) \
+            or not math.isfinite(sample_temperature) or sample_temperature < 0:
+        raise ValueError(f"sample_temperature must be a finite number >= 0 (0 is greedy), got {sample_temperature!r}")
+    if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
+                                       or max_new_tokens < 1):
+        raise ValueError(f"max_new_tokens must be None or a positive int, got {max_new_tokens!r}")
     if getattr(student, "config", None) is not None and student.config.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"the student's vocabulary ({student.config.vocab_size}) is not the tokenizer's "
                          f"({tokenizer.vocab_size})")
