@@ -281,6 +281,12 @@ def _check_prompts(model: GPT, prompts, extra: int, what: str) -> list[list[int]
     return prompts
 
 
+def _check_batch_size(batch_size) -> None:
+    # A batch_size below 1 would make the loops over batches run zero times and return nothing.
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
 def _groups_by_length(prompts: list[list[int]], batch_size: int):
     """Indices of prompts of equal length, in batches: with learned positions, prompts of one
     length can be continued side by side without padding."""
@@ -323,6 +329,7 @@ def generate(model: GPT, prompts, *, eos_id: int = CharTokenizer.eos_id, max_new
         raise ValueError(f"temperature must be a finite number >= 0 (0 is greedy), got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be None or a positive int, got {top_k!r}")
+    _check_batch_size(batch_size)
     prompts = _check_prompts(model, prompts, max_new_tokens, f"max_new_tokens={max_new_tokens}")
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
@@ -376,6 +383,7 @@ def continuation_log_prob(model: GPT, prompts, continuations, *, batch_size: int
     Divide by the continuations' lengths for a per-token figure. The model runs in eval mode."""
     if len(prompts) != len(continuations):
         raise ValueError(f"prompts and continuations must pair up, got {len(prompts)} and {len(continuations)}")
+    _check_batch_size(batch_size)
     longest = max((len(c) for c in continuations), default=0)
     prompts = _check_prompts(model, prompts, longest, f"the longest continuation ({longest} tokens)")
     vocab = model.config.vocab_size

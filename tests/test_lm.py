@@ -322,6 +322,8 @@ def test_complete_is_generate_for_text():
     ([[1]], {"top_k": 0}, "top_k must be None or a positive int"),
     ([[1]], {"top_k": 2.0}, "top_k"),
     ([[1]], {"max_new_tokens": 0}, "max_new_tokens must be a positive int"),
+    ([[1]], {"batch_size": 0}, "batch_size must be a positive int, got 0"),
+    ([[1]], {"batch_size": -1}, "batch_size must be a positive int, got -1"),
 ])
 def test_bad_generate_arguments_raise(prompts, options, message):
     with pytest.raises(ValueError, match=message):
@@ -351,13 +353,14 @@ def test_continuation_log_prob_of_nothing_is_zero():
     assert got.tolist() == [0.0]
 
 
-@pytest.mark.parametrize("continuations,message", [
-    ([[4]], "must pair up"),
-    ([[4], [V]], "outside the model's vocabulary"),
+@pytest.mark.parametrize("continuations,options,message", [
+    ([[4]], {}, "must pair up"),
+    ([[4], [V]], {}, "outside the model's vocabulary"),
+    ([[4], [5]], {"batch_size": -1}, "batch_size must be a positive int"),
 ])
-def test_bad_continuations_raise(continuations, message):
+def test_bad_continuations_raise(continuations, options, message):
     with pytest.raises(ValueError, match=message):
-        lm.continuation_log_prob(lm.GPT(CONFIG, seed=0), [[1, 4], [1, 5]], continuations)
+        lm.continuation_log_prob(lm.GPT(CONFIG, seed=0), [[1, 4], [1, 5]], continuations, **options)
 
 
 def test_pack_pads_on_the_right_and_masks_the_prompt_and_the_padding():
