@@ -85,8 +85,7 @@ def test_the_splits_never_share_an_instance(task, key):
 def test_any_order_never_shows_a_test_digit_set_in_training_in_any_order():
     test = {frozenset(e.prompt[:-1]) for e in AnyOrder(4).examples("test")}
     train = AnyOrder(4).examples("train", 5000, seed=3)
-    orderings = Counter(e.prompt for e in train if frozenset(e.prompt[:-1]) in test)
-    assert not orderings
+    assert not [e.prompt for e in train if frozenset(e.prompt[:-1]) in test]
     assert len({frozenset(e.prompt[:-1]) for e in train}) > 100  # of the 210 sets, most are trained on
 
 
