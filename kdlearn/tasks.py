@@ -46,6 +46,7 @@ from kdlearn.lm import GPT, CharTokenizer, complete
 
 SPLITS = ("train", "validation", "test")
 RATIONALE_END = "|"
+EXHAUSTED_AFTER = 50_000
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,8 @@ class Task:
 
     def examples(self, split: str, n: int | None = None, seed: int = 0) -> list[Example]:
         """n examples drawn from ``split`` with ``seed``; with n None, the split's fixed
-        evaluation set (evaluation_size examples, distinct prompts) for validation and test."""
+        evaluation set for validation and test: evaluation_size examples with distinct prompts, or
+        every prompt of the split where it has fewer (a small task, e.g. AnyOrder(3))."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if n is None:
@@ -112,19 +114,26 @@ class Task:
         # Seeded without the rationale flag: a task with and without rationales draws the same
         # examples, so that students with and without them are trained and tested on the same prompts.
         rng = random.Random(f"{self.describe().replace(', rationale', '')}/{split}/{seed}")
-        found, seen = [], set()
+        found, seen, since_new = [], set(), 0
         for _ in range(1000 * n):
             instance = self._draw(rng)
+            since_new += 1
+            if distinct and since_new == EXHAUSTED_AFTER and found:
+                # A split with fewer distinct prompts than asked for is used whole: after this many
+                # draws in a row without a new prompt, the chance that one is left unfound is negligible.
+                return found
             if self.split_of(instance) != split:
                 continue
             example = self._example(instance, rng)
             if distinct and example.prompt in seen:
                 continue
+            since_new = 0
             seen.add(example.prompt)
             found.append(example)
             if len(found) == n:
                 return found
-        raise ValueError(f"{self.describe()} has too few distinct {split} prompts for {n} examples")
+        raise ValueError(f"{self.describe()} has {'no' if not found else 'too few'} {split} examples for {n}: "
+                         "its instance space is too small for the split shares; use a larger task")
 
     def completion(self, example: Example) -> str:
         """What a model learns to write after the prompt: the answer, after the rationale if the task has one."""

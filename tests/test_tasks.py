@@ -103,6 +103,19 @@ def test_the_fixed_evaluation_sets_are_fixed_distinct_and_held_out(task):
     assert not sets["validation"] & sets["test"]
 
 
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_a_small_task_evaluates_on_every_prompt_of_its_split(split):
+    """AnyOrder(3) has fewer test prompts than evaluation_size: the fixed set is all of them,
+    counted here by enumerating the 720 orderings of 3 distinct digits."""
+    import itertools
+
+    task = AnyOrder(3)
+    every = {"".join(p) + ":" for p in itertools.permutations("0123456789", 3)
+             if task.split_of(tuple(p)) == split}
+    assert 0 < len(every) < task.evaluation_size
+    assert sorted(e.prompt for e in task.examples(split)) == sorted(every)
+
+
 def test_any_order_training_answers_are_uniform_over_the_orderings():
     """Each training example's answer is one ordering of its prompt's digits, drawn uniformly:
     the permutation that takes the prompt to the answer is uniform over the 4! = 24."""
