@@ -5,6 +5,7 @@ loop written here writes."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 
@@ -107,8 +108,6 @@ def test_the_fixed_evaluation_sets_are_fixed_distinct_and_held_out(task):
 def test_a_small_task_evaluates_on_every_prompt_of_its_split(split):
     """AnyOrder(3) has fewer test prompts than evaluation_size: the fixed set is all of them,
     counted here by enumerating the 720 orderings of 3 distinct digits."""
-    import itertools
-
     task = AnyOrder(3)
     every = {"".join(p) + ":" for p in itertools.permutations("0123456789", 3)
              if task.split_of(tuple(p)) == split}
