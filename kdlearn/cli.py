@@ -18,6 +18,8 @@ COMMANDS = {
               "run the reference lessons in solutions/ and write the learner versions in lessons/"),
     "hinton": ("kdlearn.experiments.hinton", [],
                "Hinton et al. 2015 reproduced: teacher, student from scratch, student distilled"),
+    "train-teachers": ("kdlearn.experiments.train_teachers", [],
+                       "train the language-model teachers that ship with kdlearn (kdlearn.teachers)"),
     "bench": ("kdlearn.bench", [],
               "time and measure the memory of kdlearn's fused losses against plain PyTorch"),
     "site": ("kdlearn.site", [],
