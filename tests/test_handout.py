@@ -17,7 +17,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from kdlearn import course, handout
+from kdlearn import course, handout, teachers
 
 ROOT = Path(__file__).parents[1]
 ANSWER = "return sorted(values)[len(values) // 2]"
@@ -66,7 +66,6 @@ def test_the_handout_holds_the_learner_notebooks_a_wheel_without_solutions_and_a
     assert "kdlearn/exercises/lesson00.py" in names and "kdlearn/plots.py" in names
     # The data the lessons load ship too: the Hinton scan and every language-model teacher, both files.
     assert "kdlearn/experiments/hinton_tuning.json" in names
-    from kdlearn import teachers
     assert teachers.names() and all(f"kdlearn/teachers/{name}.{suffix}" in names
                                     for name in teachers.names() for suffix in ("json", "safetensors"))
     assert all(name.startswith(("kdlearn/", "kdlearn-")) for name in names), names
