@@ -20,6 +20,8 @@ COMMANDS = {
                "Hinton et al. 2015 reproduced: teacher, student from scratch, student distilled"),
     "train-teachers": ("kdlearn.experiments.train_teachers", [],
                        "train the language-model teachers that ship with kdlearn (kdlearn.teachers)"),
+    "on-policy": ("kdlearn.experiments.on_policy", [],
+                  "lesson 10: off-policy, on-policy and mixed (GKD) distillation at equal updates and wall time"),
     "bench": ("kdlearn.bench", [],
               "time and measure the memory of kdlearn's fused losses against plain PyTorch"),
     "site": ("kdlearn.site", [],

@@ -4,4 +4,7 @@
                                                  from scratch, small net distilled (lessons 02, 03)
     python -m kdlearn.experiments.hinton_tuning  how hinton's digits settings were chosen: a scan on
                                                  the validation split, shipped as hinton_tuning.json
+    python -m kdlearn.experiments.train_teachers the language-model teachers of kdlearn.teachers
+    python -m kdlearn.experiments.on_policy      GKD's lambda: off-policy against on-policy distillation
+                                                 at equal updates and equal wall time (lesson 10)
 """
