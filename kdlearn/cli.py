@@ -20,6 +20,8 @@ COMMANDS = {
                "Hinton et al. 2015 reproduced: teacher, student from scratch, student distilled"),
     "train-teachers": ("kdlearn.experiments.train_teachers", [],
                        "train the language-model teachers that ship with kdlearn (kdlearn.teachers)"),
+    "divergences": ("kdlearn.experiments.divergences", [],
+                    "lesson 08: forward KL, reverse KL and JSD(beta) students of a shipped teacher, precision and recall"),
     "on-policy": ("kdlearn.experiments.on_policy", [],
                   "lesson 10: off-policy, on-policy and mixed (GKD) distillation at equal updates and wall time"),
     "bench": ("kdlearn.bench", [],
