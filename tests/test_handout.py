@@ -65,7 +65,7 @@ def test_the_handout_holds_the_learner_notebooks_a_wheel_without_solutions_and_a
         names = archive.namelist()
     assert "kdlearn/exercises/lesson00.py" in names and "kdlearn/plots.py" in names
     # The data the lessons load ship too: the Hinton scan and every language-model teacher, both files.
-    assert "kdlearn/experiments/hinton_tuning.json" in names
+    assert "kdlearn/experiments/hinton_tuning.json" in names and "kdlearn/experiments/on_policy_scan.json" in names
     assert teachers.names() and all(f"kdlearn/teachers/{name}.{suffix}" in names
                                     for name in teachers.names() for suffix in ("json", "safetensors"))
     assert all(name.startswith(("kdlearn/", "kdlearn-")) for name in names), names

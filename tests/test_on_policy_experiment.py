@@ -1,13 +1,15 @@
 """Tests of the on-policy experiment (kdlearn.experiments.on_policy): its command line (table and JSON) on
 a tiny setting, the per-position error rates and teacher forcing against independent computations, the
-speed of generation, the equal-wall-time budget, bad settings, the validation scan on a tiny grid, and
-that the defaults are the shipped scan's choices."""
+speed of generation, the equal-wall-time budget, bad settings, the validation scan on a tiny grid, the
+shipped scan (on_policy_scan.json, load_scan and its errors, --scan --out), and that the defaults are its
+choices."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -177,8 +179,14 @@ def test_run_refuses_an_unknown_split_before_training():
 # --- the scan and the defaults ---------------------------------------------------------------------------------
 
 
+def test_the_scan_ships_as_json_beside_the_module_and_is_what_scan_holds():
+    shipped = Path(on_policy.__file__).with_name("on_policy_scan.json")
+    assert on_policy.SHIPPED_SCAN == shipped
+    assert on_policy.load_scan() == json.loads(shipped.read_text()) == on_policy.SCAN
+
+
 def test_the_defaults_are_the_shipped_scans_choices():
-    scan = on_policy.SCAN
+    scan = on_policy.load_scan()
     assert scan["split"] == "validation" and not set(scan["seeds"]) & set(on_policy.Settings().seeds)
     assert {m: dataclasses.asdict(r) for m, r in on_policy.RECIPES.items()} == scan["choices"]
     assert on_policy.Settings().width == scan["width"] and on_policy.Settings().steps == scan["steps"]
@@ -221,3 +229,33 @@ def test_scan_runs_end_to_end_on_a_tiny_grid(monkeypatch):
     assert len(result["addition"]["long_starts"]) == 2
     assert all(isinstance(choice, dict) for choice in result["choices"].values())
     json.dumps(result)   # it is what --scan prints
+
+
+def test_scan_out_writes_json_that_load_scan_reads_back(monkeypatch, tmp_path, capsys):
+    measured = {"split": "validation", "width": 12, "choices": {"mixed": {"lr": 0.01}}}
+    monkeypatch.setattr(on_policy, "scan", lambda progress=True: measured)
+    out = tmp_path / "scan.json"
+    assert on_policy.main(["--scan", "--out", str(out), "--quiet"]) == 0
+    assert on_policy.load_scan(out) == measured == json.loads(capsys.readouterr().out)
+
+
+def test_out_without_scan_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        on_policy.main(["--out", "scan.json", "--quiet"])
+    assert "--out needs --scan" in capsys.readouterr().err
+
+
+def test_a_missing_scan_names_the_file_and_the_command_that_writes_it(tmp_path):
+    missing = tmp_path / "nowhere.json"
+    with pytest.raises(FileNotFoundError) as error:
+        on_policy.load_scan(missing)
+    assert str(missing) in str(error.value)
+    assert f"python -m kdlearn.experiments.on_policy --scan --out {missing}" in str(error.value)
+
+
+def test_a_scan_that_is_not_json_is_refused_naming_the_file(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"split": "validation",')
+    with pytest.raises(ValueError, match="not the JSON of an on_policy scan") as error:
+        on_policy.load_scan(broken)
+    assert str(broken) in str(error.value) and "--scan --out" in str(error.value)
