@@ -33,7 +33,8 @@ the teacher writes completions (greedy or sampled, several per prompt), optional
 a verifier. On-policy distillation (GKD, Agarwal et al. 2024) is ``train(..., lmbda=...)``: on a
 share lmbda of the steps the student writes the completions of its batch's prompts itself, and
 the teacher scores them token by token with the same loss. lmbda = 0 is exactly off-policy
-training (the draw that decides a step uses a generator of its own).
+training (the draw that decides a step uses a generator of its own). ``CachedTeacher`` stands in
+for a frozen teacher on a fixed transfer set: its logits computed once per sequence, then looked up.
 """
 
 from __future__ import annotations
@@ -165,6 +166,14 @@ def token_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None
     return losses.topk_kl(student, top.values, top.indices, T=o.T, **options)
 
 
+def new_student(teacher: lm.GPT, *, width: int, depth: int, heads: int, seed: int) -> lm.GPT:
+    """An untrained GPT of the given size that shares the teacher's vocabulary and context (so that
+    their logits line up token for token), its initial weights drawn from seed."""
+    config = lm.GPTConfig(vocab_size=teacher.config.vocab_size, context=teacher.config.context,
+                          width=width, depth=depth, heads=heads)
+    return lm.GPT(config, seed=seed)
+
+
 @torch.no_grad()
 def teacher_logits(teacher: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """The teacher's logits for input_ids, without gradient and in eval mode (its mode is restored)."""
@@ -174,6 +183,66 @@ def teacher_logits(teacher: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
         return logits_of(teacher(input_ids))
     finally:
         teacher.train(was_training)
+
+
+class CachedTeacher(nn.Module):
+    """A frozen causal teacher whose logits are computed once per sequence and looked up after that.
+
+    Distilling on a fixed transfer set asks the teacher the same questions at every epoch, and its
+    forward pass is most of a step's work; offline distillation at scale stores the teacher's
+    (top-k) logits for the same reason. Call it as the teacher: ``forward(input_ids)`` takes
+    right-padded ids (B, L), as lm.pack lays them out, and returns logits (B, L, V) equal to the
+    teacher's wherever they predict a real token; on a row's trailing ``pad_id`` tokens they are 0,
+    positions the loss masks anyway. Each sequence is keyed without its trailing padding, so the same
+    text gives the same logits in a batch of any length.
+
+    ``sequences`` (rows of ids, a tensor or lists, padded or not) are computed up front in fixed
+    chunks, so the cached values never depend on the order in which training asks for them; a
+    sequence not seen before is computed when first asked for. Only for a frozen teacher: the cache
+    never sees new weights."""
+
+    def __init__(self, teacher: nn.Module, pad_id: int, sequences=(), chunk: int = 512):
+        super().__init__()
+        check.check_positive_int("chunk", chunk)
+        self.teacher, self.pad_id, self.chunk = teacher, pad_id, chunk
+        self._logits: dict[tuple[int, ...], torch.Tensor] = {}
+        self._add(self._keys(sequences))
+
+    def __len__(self) -> int:
+        return len(self._logits)
+
+    def _keys(self, rows) -> list[tuple[int, ...]]:
+        rows = rows.tolist() if isinstance(rows, torch.Tensor) else [list(row) for row in rows]
+        keys = []
+        for row in rows:
+            while row and row[-1] == self.pad_id:
+                row.pop()
+            if not row:
+                raise ValueError("a row of input_ids is all padding: every sequence needs at least one real token")
+            keys.append(tuple(row))
+        return keys
+
+    def _add(self, keys: list[tuple[int, ...]]) -> None:
+        missing = [key for key in dict.fromkeys(keys) if key not in self._logits]
+        for start in range(0, len(missing), self.chunk):
+            block = missing[start:start + self.chunk]
+            padded = torch.full((len(block), max(map(len, block))), self.pad_id, dtype=torch.long)
+            for row, key in enumerate(block):
+                padded[row, :len(key)] = torch.tensor(key)
+            logits = teacher_logits(self.teacher, padded)
+            for row, key in enumerate(block):
+                self._logits[key] = logits[row, :len(key)].clone()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        keys = self._keys(input_ids)
+        if not keys:
+            raise ValueError("input_ids is empty: pass a batch of at least one sequence")
+        self._add(keys)
+        first = self._logits[keys[0]]
+        out = torch.zeros(*input_ids.shape, first.shape[-1], dtype=first.dtype)
+        for row, key in enumerate(keys):
+            out[row, :len(key)] = self._logits[key]
+        return out
 
 
 def distill_step(student: nn.Module, teacher: nn.Module | None, batch: lm.Batch, optimizer: torch.optim.Optimizer,

@@ -569,3 +569,61 @@ def test_bad_training_arguments_raise(options, message):
                      objective=Objective("forward"), steps=3, progress=False)
     with pytest.raises(ValueError, match=message):
         distill.train(**{**arguments, **options})
+
+
+# === CachedTeacher and new_student ===============================================================
+
+
+def test_cached_teacher_gives_the_teachers_logits_wherever_they_predict_a_real_token():
+    teacher = sharp_teacher()
+    cache = distill.CachedTeacher(teacher, TOKENIZER.pad_id, batch_of(BATCH).input_ids, chunk=3)
+    assert len(cache) == len(BATCH)
+    # a batch in another order, with another padded length, and a sequence the cache has not seen
+    texts = [BATCH[2], ("55:", "55"), BATCH[0], BATCH[0]]
+    batch = batch_of(texts)
+    cached, direct = cache(batch.input_ids), distill.teacher_logits(teacher, batch.input_ids)
+    real = batch.input_ids != TOKENIZER.pad_id
+    assert torch.allclose(cached[real], direct[real], atol=1e-5)
+    assert torch.equal(cached[~real], torch.zeros_like(cached[~real]))
+    assert len(cache) == len(BATCH) + 1 and not cached.requires_grad
+    for objective in (Objective("forward"), Objective("reverse"), Objective("jsd", beta=0.3)):
+        student_logits = tiny_gpt(0)(batch.input_ids)
+        assert token_loss(student_logits, cached, batch.labels, objective).item() == pytest.approx(
+            token_loss(student_logits, direct, batch.labels, objective).item(), rel=1e-5)
+
+
+def test_cached_teacher_answers_the_same_text_the_same_whatever_the_batch():
+    cache = distill.CachedTeacher(sharp_teacher(), TOKENIZER.pad_id, batch_of(BATCH).input_ids)
+    alone = cache(batch_of([BATCH[3]]).input_ids)[0]
+    among = cache(batch_of([BATCH[1], BATCH[3]]).input_ids)[1]
+    assert torch.equal(among[:alone.shape[0]], alone)
+
+
+def test_training_on_the_cache_gives_the_teachers_weights():
+    teacher = sharp_teacher()
+    sequences = [TOKENIZER.encode_prompt(p) + TOKENIZER.encode_completion(c) for p, c in DATA]
+    cache = distill.CachedTeacher(teacher, TOKENIZER.pad_id, sequences)
+    a, b = tiny_gpt(0), tiny_gpt(0)
+    for student, source in ((a, teacher), (b, cache)):
+        distill.train(student, TOKENIZER, DATA, teacher=source, objective=Objective("forward"), progress=False,
+                      **TRAINING)
+    for x, y in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(x, y, atol=1e-5)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: distill.CachedTeacher(tiny_gpt(), 0, chunk=0), "chunk must be a positive int"),
+    (lambda: distill.CachedTeacher(tiny_gpt(), 0, [[0, 0]]), "all padding"),
+    (lambda: distill.CachedTeacher(tiny_gpt(), 0)(torch.zeros(0, 3, dtype=torch.long)), "input_ids is empty"),
+])
+def test_bad_cached_teacher_arguments_raise(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_new_student_shares_the_teachers_vocabulary_and_context_and_is_seeded():
+    teacher = tiny_gpt(0, width=32, heads=4)
+    student = distill.new_student(teacher, width=8, depth=2, heads=2, seed=3)
+    assert (student.config.vocab_size, student.config.context) == (CONFIG.vocab_size, CONFIG.context)
+    assert (student.config.width, student.config.depth, student.config.heads) == (8, 2, 2)
+    assert_same_weights(student, distill.new_student(teacher, width=8, depth=2, heads=2, seed=3))

@@ -172,26 +172,3 @@ def test_the_teacher_reaches_the_entropy_floor_on_its_own_samples(teacher):
                                   samples_per_prompt=8)
     assert metrics.valid > 0.95
     assert divergences.ENTROPY_FLOOR - 0.02 < metrics.student_nll < divergences.ENTROPY_FLOOR + 0.1
-
-
-def test_teacher_cache_gives_the_teachers_logits_for_seen_and_unseen_sequences(teacher):
-    data = divergences.training_data(teacher.task, 40)
-    packed = lm.pack([teacher.tokenizer.encode_prompt(p) for p, _ in data],
-                     [teacher.tokenizer.encode_completion(c) for _, c in data])
-    cache = divergences.TeacherCache(teacher.model, packed.input_ids[:30], chunk=7)
-    got = distill.teacher_logits(cache, packed.input_ids)       # 10 rows it has not seen
-    torch.testing.assert_close(got, distill.teacher_logits(teacher.model, packed.input_ids), atol=1e-5, rtol=1e-5)
-    assert got.shape == (40, packed.input_ids.shape[1], teacher.tokenizer.vocab_size)
-
-
-def test_training_with_the_cache_is_training_with_the_teacher(teacher):
-    data = divergences.training_data(teacher.task, 64)
-    packed = lm.pack([teacher.tokenizer.encode_prompt(p) for p, _ in data],
-                     [teacher.tokenizer.encode_completion(c) for _, c in data])
-    students = []
-    for target in (teacher.model, divergences.TeacherCache(teacher.model, packed.input_ids)):
-        student = divergences.new_student(TINY, teacher.model, seed=0)
-        distill.train(student, teacher.tokenizer, data, teacher=target, objective=distill.Objective("reverse"),
-                      steps=5, seed=0, progress=False)
-        students.append(torch.cat([p.flatten() for p in student.parameters()]))
-    torch.testing.assert_close(students[0], students[1], atol=1e-5, rtol=1e-4)

@@ -37,7 +37,7 @@ distribution over 24 orderings written in 5 tokens (4 digits and the end), ln(24
 per token (``ENTROPY_FLOOR``).
 
 The teacher's logits are computed once per training sequence and reused by every run
-(``TeacherCache``): the teacher is frozen, so this changes no value, only the time (the
+(``distill.CachedTeacher``): the teacher is frozen, so this changes no value, only the time (the
 teacher's forward pass is most of a step's work).
 
 How the defaults were chosen (``scan``, python -m kdlearn.experiments.divergences --scan, most of
@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import itertools
 import json
 import math
@@ -176,32 +175,6 @@ class Results:
                 for name in DIVERGENCES}
 
 
-class TeacherCache(nn.Module):
-    """The teacher, its logits computed once per sequence and looked up after that.
-
-    Built with the sequences training will show it (``input_ids`` rows), in fixed chunks, so that
-    the values never depend on which run asked first; a sequence it has not seen is computed
-    when asked for. Only for a frozen teacher: a cache never sees new weights."""
-
-    def __init__(self, teacher: nn.Module, input_ids: torch.Tensor, chunk: int = 512):
-        super().__init__()
-        self.teacher = teacher
-        self._logits: dict[tuple[int, ...], torch.Tensor] = {}
-        self._add(list(dict.fromkeys(tuple(row) for row in input_ids.tolist())), chunk)
-
-    @torch.no_grad()
-    def _add(self, rows: list[tuple[int, ...]], chunk: int = 512) -> None:
-        for start in range(0, len(rows), chunk):
-            block = rows[start:start + chunk]
-            logits = distill.teacher_logits(self.teacher, torch.tensor(block))
-            self._logits.update(zip(block, logits))
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        rows = [tuple(row) for row in input_ids.tolist()]
-        self._add([row for row in dict.fromkeys(rows) if row not in self._logits])
-        return torch.stack([self._logits[row] for row in rows])
-
-
 def training_data(task: tasks.Task, examples: int, seed: int = 0) -> list[tuple[str, str]]:
     """(prompt, completion) pairs of the task's training split; for AnyOrder each completion is
     one ordering of the prompt's digits, drawn at random."""
@@ -209,10 +182,8 @@ def training_data(task: tasks.Task, examples: int, seed: int = 0) -> list[tuple[
 
 
 def new_student(settings: Settings, teacher: lm.GPT, seed: int) -> lm.GPT:
-    """An untrained student with the teacher's vocabulary and context, its weights drawn from seed."""
-    config = lm.GPTConfig(vocab_size=teacher.config.vocab_size, context=teacher.config.context,
-                          width=settings.width, depth=settings.depth, heads=settings.heads)
-    return lm.GPT(config, seed=seed)
+    """The settings' untrained student of the teacher, its weights drawn from seed."""
+    return distill.new_student(teacher, width=settings.width, depth=settings.depth, heads=settings.heads, seed=seed)
 
 
 @torch.no_grad()
@@ -264,7 +235,7 @@ def run(settings: Settings | None = None, *, evaluate_on: str = "test", progress
     data = training_data(task, settings.examples)
     examples = evaluation_examples(task, evaluate_on, settings.prompts)
     packed = lm.pack([tokenizer.encode_prompt(p) for p, _ in data], [tokenizer.encode_completion(c) for _, c in data])
-    cache = TeacherCache(teacher.model, packed.input_ids)
+    cache = distill.CachedTeacher(teacher.model, tokenizer.pad_id, packed.input_ids)
     results = Results(settings, evaluate_on, len(examples), new_student(settings, teacher.model, 0).num_parameters(),
                       teacher.model.num_parameters())
     bar = tqdm(total=len(settings.seeds) * (1 + len(DIVERGENCES)), desc="divergences", unit="student",

@@ -265,9 +265,8 @@ def training_pairs(task: tasks.Task, n: int, seed: int = 0) -> list[tuple[str, s
 def supervised_start(teacher: teachers.Teacher, settings: Settings, data: list[tuple[str, str]]) -> lm.GPT:
     """The student every run starts from: initial weights from settings.start_seed, then
     settings.start_steps updates of cross-entropy on the data (no teacher)."""
-    config = lm.GPTConfig(vocab_size=teacher.tokenizer.vocab_size, context=teacher.model.config.context,
-                          width=settings.width, depth=settings.depth, heads=settings.heads)
-    student = lm.GPT(config, seed=settings.start_seed)
+    student = distill.new_student(teacher.model, width=settings.width, depth=settings.depth, heads=settings.heads,
+                                  seed=settings.start_seed)
     distill.train(student, teacher.tokenizer, data, objective=distill.Objective("ce"), steps=settings.start_steps,
                   batch_size=settings.batch_size, lr=settings.start_lr, seed=settings.start_seed, progress=False)
     return student
