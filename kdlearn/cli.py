@@ -22,6 +22,8 @@ COMMANDS = {
                        "train the language-model teachers that ship with kdlearn (kdlearn.teachers)"),
     "divergences": ("kdlearn.experiments.divergences", [],
                     "lesson 08: forward KL, reverse KL and JSD(beta) students of a shipped teacher, precision and recall"),
+    "sequence-kd": ("kdlearn.experiments.sequence_kd", [],
+                    "lesson 09: hard labels, word-level, sequence-level KD and filtered samples on one student"),
     "on-policy": ("kdlearn.experiments.on_policy", [],
                   "lesson 10: off-policy, on-policy and mixed (GKD) distillation at equal updates and wall time"),
     "bench": ("kdlearn.bench", [],
