@@ -256,6 +256,6 @@ def test_a_missing_scan_names_the_file_and_the_command_that_writes_it(tmp_path):
 def test_a_scan_that_is_not_json_is_refused_naming_the_file(tmp_path):
     broken = tmp_path / "broken.json"
     broken.write_text('{"split": "validation",')
-    with pytest.raises(ValueError, match="not the JSON of an on_policy scan") as error:
+    with pytest.raises(ValueError, match="not the JSON of a scan") as error:
         on_policy.load_scan(broken)
     assert str(broken) in str(error.value) and "--scan --out" in str(error.value)

@@ -209,5 +209,5 @@ def test_load_scan_says_what_is_missing_or_broken(tmp_path):
         sequence_kd.load_scan(tmp_path / "none.json")
     broken = tmp_path / "broken.json"
     broken.write_text("{")
-    with pytest.raises(ValueError, match="not the JSON of a sequence_kd scan"):
+    with pytest.raises(ValueError, match="not the JSON of a scan"):
         sequence_kd.load_scan(broken)

@@ -12,3 +12,19 @@
     python -m kdlearn.experiments.on_policy      GKD's lambda: off-policy against on-policy distillation
                                                  at equal updates and equal wall time (lesson 10)
 """
+
+import json
+from pathlib import Path
+
+
+def read_scan(path: str | Path, command: str) -> dict:
+    """A validation scan's JSON at ``path``. ``command`` is the one that writes it (to ``--out``),
+    named in the errors: a missing file is a FileNotFoundError, a file that is not JSON a ValueError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no scan at {path}; write it with: {command} --out {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not the JSON of a scan ({error}); write it again with: {command} --out "
+                         f"{path}") from None

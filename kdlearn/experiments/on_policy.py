@@ -68,6 +68,7 @@ from tqdm.auto import tqdm
 
 from kdlearn import distill, lm, tasks, teachers
 from kdlearn import _validation as check
+from kdlearn.experiments import read_scan
 from kdlearn.experiments.hinton import positive_int
 
 # The three methods and their lmbda: the share of batches the student writes itself.
@@ -552,15 +553,7 @@ def scan(base: Settings | None = None, progress: bool = True) -> dict:
 
 def load_scan(path: str | Path | None = None) -> dict:
     """The validation scan as a dict: the shipped one (SHIPPED_SCAN), or the JSON at ``path``."""
-    path = Path(path) if path is not None else SHIPPED_SCAN
-    if not path.is_file():
-        raise FileNotFoundError(f"no scan at {path}; write it with: python -m kdlearn.experiments.on_policy --scan "
-                                f"--out {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not the JSON of an on_policy scan ({error}); write it again with --scan "
-                         "--out") from None
+    return read_scan(SHIPPED_SCAN if path is None else path, "python -m kdlearn.experiments.on_policy --scan")
 
 
 # What scan() measured, on the validation split (it took 14 minutes on a shared 2-core machine).

@@ -58,6 +58,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kdlearn import distill, lm, teachers
+from kdlearn.experiments import read_scan
 from kdlearn.experiments.hinton import positive_int
 
 METHODS = ("hard_labels", "word_kd", "sequence_kd", "sequence_kd_plus_word_kd", "sampled_filtered")
@@ -459,14 +460,7 @@ def scan(teacher_name: str = "any_order", seeds: Sequence[int] = SCAN_SEEDS, *, 
 
 def load_scan(path: str | Path | None = None) -> dict:
     """The validation scan as a dict: the shipped one, or the JSON at ``path``."""
-    path = Path(path) if path is not None else SHIPPED_SCAN
-    if not path.is_file():
-        raise FileNotFoundError(f"no scan at {path}; write it with: python -m kdlearn.experiments.sequence_kd --scan "
-                                f"--out {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not the JSON of a sequence_kd scan ({error}); write it again with --scan --out") from None
+    return read_scan(SHIPPED_SCAN if path is None else path, "python -m kdlearn.experiments.sequence_kd --scan")
 
 
 def settings_from_scan(scan_result: dict, **overrides) -> Settings:
