@@ -34,8 +34,9 @@ from kdlearn.losses import kd_loss
 LOSSES = ("ce", "kd")
 LR_SCHEDULES = ("cosine", "constant")
 
-# A loss of one's own: (student_logits, teacher_logits or None, labels) -> scalar.
-LossFunction = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor], torch.Tensor]
+# A loss of one's own: (student output, teacher output or None, labels) -> scalar. The outputs are
+# the models' logits, or whatever structure of tensors they return (see train).
+LossFunction = Callable[[object, object, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -70,7 +71,11 @@ def train(
         alpha=alpha): alpha * T² * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels).
         The teacher's logits are computed without gradient, in eval mode (no dropout), on exactly
         the images the student sees, jittered ones included.
-    loss=callable: f(student_logits, teacher_logits or None, labels) -> scalar loss.
+    loss=callable: f(student_output, teacher_output or None, labels) -> scalar loss. With a callable
+        the models may return any structure of tensors whose leading dimension is the batch (a
+        tuple, list or dict of them, nested; e.g. (logits, {layer: features}) from
+        kdlearn.features.WithFeatures), and f receives the structures as they are; "ce" and "kd"
+        need models that return logits.
     jitter: shift every training image by a random whole number of pixels in [-jitter, jitter]
         along each axis, drawn afresh each epoch (the paper's input jitter; see `jitter_images`).
     weight_decay: decoupled weight decay (AdamW); 0 is plain Adam.
@@ -101,7 +106,7 @@ def train(
     if teacher is not None:
         teacher.eval()
     # Without jitter the teacher sees the same images every epoch: its logits are computed once.
-    fixed_teacher_logits = logits(teacher, split.x) if teacher is not None and not jitter else None
+    fixed_teacher_output = logits(teacher, split.x) if teacher is not None and not jitter else None
     history = History()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # dropout
@@ -114,19 +119,20 @@ def train(
                 x, y = split.x[batch], split.y[batch]
                 if jitter:
                     x = jitter_images(x, jitter, generator)
-                teacher_logits = None
-                if fixed_teacher_logits is not None:
-                    teacher_logits = fixed_teacher_logits[batch]
+                teacher_output = None
+                if fixed_teacher_output is not None:
+                    teacher_output = select(fixed_teacher_output, batch)
                 elif teacher is not None:
                     with torch.no_grad():
-                        teacher_logits = teacher(x)
-                student_logits = model(x)
+                        teacher_output = teacher(x)
+                student_output = model(x)
                 if loss == "ce":
-                    batch_loss = F.cross_entropy(student_logits, y)
+                    batch_loss = F.cross_entropy(_logits_only(student_output, "model"), y)
                 elif loss == "kd":
-                    batch_loss = kd_loss(student_logits, teacher_logits, y, T=T, alpha=alpha)
+                    batch_loss = kd_loss(_logits_only(student_output, "model"), _logits_only(teacher_output, "teacher"),
+                                         y, T=T, alpha=alpha)
                 else:
-                    batch_loss = loss(student_logits, teacher_logits, y)
+                    batch_loss = loss(student_output, teacher_output, y)
                 optimizer.zero_grad(set_to_none=True)
                 batch_loss.backward()
                 optimizer.step()
@@ -136,6 +142,26 @@ def train(
             history.loss.append(total / count)
     model.eval()
     return history
+
+
+def select(output, rows: torch.Tensor):
+    """The rows ``rows`` of every tensor in ``output``: a tensor, or a tuple, list or dict of them
+    (nested), each with the examples along its first dimension."""
+    if isinstance(output, torch.Tensor):
+        return output[rows]
+    if isinstance(output, dict):
+        return {key: select(value, rows) for key, value in output.items()}
+    if isinstance(output, (tuple, list)):
+        return type(output)(select(value, rows) for value in output)
+    raise ValueError(f"a model's output must be a tensor, or a tuple, list or dict of tensors; got "
+                     f"{type(output).__name__}")
+
+
+def _logits_only(output, name: str) -> torch.Tensor:
+    if not isinstance(output, torch.Tensor):
+        raise ValueError(f"loss='ce' and loss='kd' need a {name} that returns logits, but it returned a "
+                         f"{type(output).__name__}; pass a loss callable, which receives the outputs as they are")
+    return output
 
 
 def jitter_images(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -180,7 +206,7 @@ def _evaluating(*models: nn.Module):
 
 
 def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's logits for images x, in eval mode (no dropout) and without gradient."""
+    """The model's logits (or whatever it returns) for images x, in eval mode (no dropout) and without gradient."""
     with _evaluating(model):
         return model(x)
 

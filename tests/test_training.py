@@ -77,6 +77,38 @@ def test_mlp_rejects_bad_arguments(kwargs):
 # --- the training loop -----------------------------------------------------------------------
 
 
+def test_cnn_blocks_shapes_and_output(digits):
+    net = models.cnn(channels=(4, 6), embedding=12, num_classes=7, seed=0)
+    assert [name for name, _ in net.named_children()] == ["image", "block1", "block2", "embed", "classifier"]
+    x = digits.test.x[:5]
+    assert net.block1(net.image(x)).shape == (5, 4, 8, 8)
+    assert net[:3](x).shape == (5, 6, 4, 4) and net[:4](x).shape == (5, 12)
+    assert net(x).shape == (5, 7)
+    convolution = net.block1[0]   # the first block is a plain 3x3 convolution of the image, padded with zeros
+    expected = torch.nn.functional.conv2d(x.view(5, 1, 8, 8), convolution.weight, convolution.bias, padding=1).relu()
+    assert torch.allclose(net.block1(net.image(x)), expected)
+
+
+def test_cnn_seed_dropout_and_bad_arguments():
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    a, b = models.cnn(seed=3), models.cnn(seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert any(isinstance(m, nn.Dropout) for m in models.cnn(dropout=0.3).modules())
+    for kwargs, message in [(dict(channels=(4,)), "channels"), (dict(embedding=0), "embedding"),
+                            (dict(image_shape=(7, 8)), "image_shape"), (dict(dropout=1.0), "dropout")]:
+        with pytest.raises(ValueError, match=message):
+            models.cnn(**kwargs)
+
+
+def test_cnn_learns_the_digits(small_train, digits):
+    net = models.cnn(channels=(4, 8), embedding=16, seed=0)
+    before = training.test_errors(net, digits.test)
+    training.train(net, small_train, epochs=15, lr=1e-2, progress=False)
+    assert training.test_errors(net, digits.test) < min(before, 100)
+
+
 def test_same_seed_gives_identical_weights_and_errors(small_train, digits):
     runs = []
     for _ in range(2):
@@ -179,6 +211,61 @@ def test_a_loss_of_ones_own_gets_student_teacher_and_labels(small_train):
     training.train(models.mlp(64, (8,), seed=0), small_train, teacher=teacher, loss=loss, epochs=1,
                    batch_size=150, progress=False)
     assert seen == [((150, 10), (150, 10), (150,))] * 2
+
+
+class WithHidden(nn.Module):
+    """An MLP that returns (logits, {"hidden": its hidden layer}): a model with a structured output."""
+
+    def __init__(self, net: nn.Sequential):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        hidden = self.net[:2](x)
+        return self.net[2:](hidden), {"hidden": hidden}
+
+
+@pytest.mark.parametrize("jitter", [0, 1])
+def test_structured_outputs_reach_the_loss_batch_by_batch(small_train, jitter):
+    teacher = WithHidden(models.mlp(64, (16,), seed=1))
+    seen = []
+
+    def loss(student_output, teacher_output, labels):
+        (s_logits, s_features), (t_logits, t_features) = student_output, teacher_output
+        seen.append(t_features["hidden"])
+        # the teacher's output for exactly the images of this batch, cached or not
+        with torch.no_grad():
+            expected = teacher.net[:2](last_batch[-1])
+        assert torch.allclose(t_features["hidden"], expected, atol=1e-6)
+        assert s_logits.shape == t_logits.shape == (len(labels), 10)
+        return ((s_features["hidden"][:, :4] - t_features["hidden"][:, :4]) ** 2).mean()
+
+    last_batch = []
+    student = WithHidden(models.mlp(64, (8,), seed=0))
+    original_forward = student.forward
+    student.forward = lambda x: last_batch.append(x) or original_forward(x)
+    before = weights(student)
+    training.train(student, small_train, teacher=teacher, loss=loss, epochs=1, batch_size=100, jitter=jitter,
+                   progress=False)
+    assert len(seen) == 3 and all(f.shape == (100, 16) for f in seen)
+    assert any(not torch.equal(a, b) for a, b in zip(before, weights(student)))
+
+
+def test_select_takes_the_rows_of_every_tensor_in_a_structure():
+    output = (torch.arange(6).view(3, 2), {"a": torch.arange(3), "b": [torch.arange(3) * 10]})
+    picked = training.select(output, torch.tensor([2, 0]))
+    assert torch.equal(picked[0], torch.tensor([[4, 5], [0, 1]]))
+    assert torch.equal(picked[1]["a"], torch.tensor([2, 0])) and torch.equal(picked[1]["b"][0], torch.tensor([20, 0]))
+    with pytest.raises(ValueError, match="tuple, list or dict of tensors; got str"):
+        training.select("logits", torch.tensor([0]))
+
+
+@pytest.mark.parametrize("loss", ["ce", "kd"])
+def test_ce_and_kd_need_models_that_return_logits(small_train, loss):
+    teacher = models.mlp(64, (8,), seed=1)
+    with pytest.raises(ValueError, match="need a model that returns logits.*pass a loss callable"):
+        training.train(WithHidden(models.mlp(64, (8,), seed=0)), small_train, teacher=teacher, loss=loss, epochs=1,
+                       progress=False)
 
 
 @pytest.mark.parametrize("kwargs, name", [
