@@ -92,6 +92,7 @@ def attention_map(features: torch.Tensor, p: float = 2) -> torch.Tensor:
     (no NaN, and a finite gradient). Computed in at least fp32 (|A|^p overflows fp16 quickly).
     """
     _check_feature_map("features", features)
+    _check_finite("features", features)
     p = _check_power(p)
     q = _rescaled(_at_least_fp32(features), dim=(1, 2, 3)).abs().pow(p).sum(dim=1).flatten(1)
     return q / _safe_norm(q)
@@ -130,6 +131,8 @@ def attention_transfer_loss(
             f"F.adaptive_avg_pool2d(features, {tuple(min(a, b) for a, b in zip(s[2:], t[2:]))})"
         )
     _check_same_device("student_features", student_features, "teacher_features", teacher_features)
+    _check_finite("student_features", student_features)
+    _check_finite("teacher_features", teacher_features)
     per_example = (attention_map(student_features, p) - attention_map(teacher_features, p)).square().sum(dim=1)
     return reduce_rows(per_example, torch.ones_like(per_example, dtype=torch.bool), reduction)
 
@@ -309,7 +312,6 @@ def _check_feature_map(name: str, x) -> None:
     if x.dim() != 4 or 0 in x.shape[1:]:
         raise ValueError(f"{name} must be a feature map of shape (N, C, H, W) with C, H, W >= 1, "
                          f"got {tuple(x.shape)}")
-    _check_finite(name, x)
 
 
 def _check_finite(name: str, x: torch.Tensor) -> None:

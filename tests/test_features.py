@@ -588,7 +588,7 @@ def test_capture_feeds_hint_loss_in_a_training_step():
     torch.manual_seed(0)
     student, teacher, proj = Net(), Net(), nn.Linear(5, 5)
     x = torch.randn(8, 3)
-    with capture(student, ["body"]) as s_out, capture(teacher, ["body"]) as t_out, torch.no_grad():
+    with capture(teacher, ["body"]) as t_out, torch.no_grad():
         teacher(x)
     with capture(student, ["body"]) as s_out:
         student(x)
@@ -658,6 +658,13 @@ BAD_CASES = [
     ("angle_3d", rkd_angle_loss, (MAP, MAP), {}, r"student must be embeddings of shape \(N, D\).*flatten"),
     ("distance_no_width", rkd_distance_loss, (torch.zeros(3, 0), X), {},
      r"student must be embeddings of shape \(N, D\) with D >= 1, got \(3, 0\)"),
+    ("hint_device", hint_loss, (X, X.to("meta")), {}, r"student_features and teacher_features must be on the same "
+                                                       r"device, got cpu and meta"),
+    ("attention_device", attention_transfer_loss, (MAP.to("meta"), MAP), {}, r"same device, got meta and cpu"),
+    ("cosine_device", cosine_loss, (X, X.to("meta")), {}, r"student_hidden and teacher_hidden must be on the same"),
+    ("cosine_mask_device", cosine_loss, (X, X, torch.ones(2, dtype=torch.bool, device="meta")), {},
+     r"mask must be on the hidden states' device cpu, got meta"),
+    ("distance_device", rkd_distance_loss, (X, X.to("meta")), {}, r"student and teacher must be on the same device"),
     ("distance_int", rkd_distance_loss, (X, X.int()), {}, r"teacher must be a floating-point tensor"),
     ("angle_inf", rkd_angle_loss, (torch.randn(3, 2), _with(torch.randn(3, 2), (0, 0), -math.inf)), {},
      r"teacher contains NaN or inf"),
