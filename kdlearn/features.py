@@ -1,5 +1,6 @@
 """Distilling intermediate representations: feature and relation losses, and a way to read a
-model's intermediate outputs without editing its forward.
+model's intermediate outputs without editing its forward (``capture``, and ``WithFeatures``, a
+model that returns them beside its logits, for kdlearn.training.train's loss callables).
 
 Feature losses ask the student's hidden layers to match the teacher's (FitNets hints, attention
 transfer, the cosine between hidden states); relation losses ask only that the student arrange a
@@ -262,6 +263,39 @@ def capture(model: nn.Module, names: Iterable[str]) -> Iterator[dict[str, object
 
 
 # --- the pieces the losses share -------------------------------------------------------------
+
+
+class WithFeatures(nn.Module):
+    """A model that also returns some of its intermediate outputs: forward(x) is (logits, features),
+    features[name] the output of model's submodule ``name`` passed through adapters[name], if given.
+
+        student = WithFeatures(models.cnn(channels=(4, 8)), ["block2"],
+                               adapters={"block2": nn.Conv2d(8, 32, 1)})   # a hint's projection
+        teacher = WithFeatures(teacher_cnn, ["block2"])
+        training.train(student, split, teacher=teacher, loss=lambda s, t, y: ... hint_loss(s[1]["block2"], t[1]["block2"]))
+
+    The adapters are submodules, so they train with the model (a FitNets projection, or an
+    auxiliary classifier on a shallow block). The model's own forward is untouched: ``.model`` is
+    the plain network, to evaluate or to save. The hooks live only during each forward (capture)."""
+
+    def __init__(self, model: nn.Module, names: Iterable[str], adapters: dict[str, nn.Module] | None = None):
+        super().__init__()
+        if isinstance(names, str):
+            raise ValueError(f"names must be a list of module names, got {names!r}; for one module pass [name]")
+        self.model, self.names = model, tuple(names)
+        adapters = dict(adapters or {})
+        unknown = sorted(set(adapters) - set(self.names))
+        if unknown:
+            raise ValueError(f"adapters has entries for {unknown}, which are not in names {list(self.names)}")
+        with capture(model, self.names):   # checks the names now rather than at the first forward
+            pass
+        # ModuleDict keys may not contain ".", and module names do: keep the adapters in names' order
+        self.adapters = nn.ModuleList(adapters.get(name, nn.Identity()) for name in self.names)
+
+    def forward(self, x):
+        with capture(self.model, self.names) as outputs:
+            logits = self.model(x)
+        return logits, {name: adapter(outputs[name]) for name, adapter in zip(self.names, self.adapters)}
 
 
 def _rescaled(x: torch.Tensor, dim) -> torch.Tensor:

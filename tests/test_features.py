@@ -16,8 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from kdlearn.features import (attention_map, attention_transfer_loss, capture, cosine_loss, hint_loss,
-                              rkd_angle_loss, rkd_distance_loss)
+from kdlearn import data, models, training
+from kdlearn.features import (WithFeatures, attention_map, attention_transfer_loss, capture, cosine_loss,
+                              hint_loss, rkd_angle_loss, rkd_distance_loss)
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -675,3 +676,43 @@ BAD_CASES = [
 def test_bad_input_raises_value_error_naming_the_argument(name, fn, args, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         fn(*args, **kwargs)
+
+
+# --- WithFeatures ------------------------------------------------------------------------------
+
+
+def test_with_features_returns_the_logits_and_the_adapted_outputs_and_leaves_no_hook():
+    net = models.cnn(channels=(3, 5), embedding=7, seed=0)
+    projection = nn.Conv2d(5, 9, 1)
+    wrapped = WithFeatures(net, ["block1", "block2"], adapters={"block2": projection})
+    x = torch.rand(4, 64)
+    logits, features = wrapped(x)
+    assert torch.equal(logits, net(x))
+    assert torch.equal(features["block1"], net[:2](x))
+    assert torch.allclose(features["block2"], projection(net[:3](x)))
+    assert all(not m._forward_hooks for m in net.modules())
+    assert {id(p) for p in projection.parameters()} <= {id(p) for p in wrapped.parameters()}
+
+
+def test_with_features_adapters_train_with_the_model():
+    digits = data.digits()
+    split = data.Split(digits.train.x[:128], digits.train.y[:128])
+    teacher = WithFeatures(models.cnn(channels=(6, 8), embedding=8, seed=1), ["block2"])
+    student = WithFeatures(models.cnn(channels=(2, 4), embedding=8, seed=0), ["block2"],
+                           adapters={"block2": nn.Conv2d(4, 8, 1)})
+    before = student.adapters[0].weight.detach().clone()
+
+    def loss(s, t, labels):
+        return F.cross_entropy(s[0], labels) + hint_loss(s[1]["block2"], t[1]["block2"])
+
+    training.train(student, split, teacher=teacher, loss=loss, epochs=2, progress=False)
+    assert not torch.equal(before, student.adapters[0].weight)
+
+
+def test_with_features_refuses_unknown_names_and_adapters():
+    with pytest.raises(ValueError, match="no submodule named 'block3'"):
+        WithFeatures(models.cnn(), ["block3"])
+    with pytest.raises(ValueError, match="adapters has entries for \\['embed'\\]"):
+        WithFeatures(models.cnn(), ["block2"], adapters={"embed": nn.Identity()})
+    with pytest.raises(ValueError, match="for one module pass \\[name\\]"):
+        WithFeatures(models.cnn(), "block2")
