@@ -298,7 +298,7 @@ def gpu_softmax_verdicts(results: list[dict]) -> list[dict]:
         where = f"GPU, N={n} V={v} {r['dtype']}"
         gradient = n * v * DTYPES[r["dtype"]].itemsize
         measured = {
-            "speed": (r.get("speedup"), TARGET_GPU_SPEEDUP, f"{{:.2f}}x torch eager",
+            "speed": (r.get("speedup"), TARGET_GPU_SPEEDUP, "{:.2f}x torch eager",
                       f"fused softmax-KL forward+backward >= {TARGET_GPU_SPEEDUP:g}x faster than torch eager"),
             "bandwidth": (r.get("of_peak_bandwidth"), TARGET_GPU_BANDWIDTH, "{:.0%} of peak bandwidth",
                           f"fused softmax-KL >= {TARGET_GPU_BANDWIDTH:.0%} of the device's peak memory bandwidth"),
