@@ -59,6 +59,8 @@ def test_a_wrong_command_is_a_usage_error(argv, message, capsys):
     ("check", "kdlearn.grading", [], "kdlearn check"),
     ("build", "kdlearn.course", ["build"], "kdlearn"),
     ("hinton", "kdlearn.experiments.hinton", [], "kdlearn hinton"),
+    ("families", "kdlearn.experiments.families", [], "kdlearn families"),
+    ("schemes", "kdlearn.experiments.schemes", [], "kdlearn schemes"),
     ("train-teachers", "kdlearn.experiments.train_teachers", [], "kdlearn train-teachers"),
     ("divergences", "kdlearn.experiments.divergences", [], "kdlearn divergences"),
     ("sequence-kd", "kdlearn.experiments.sequence_kd", [], "kdlearn sequence-kd"),
@@ -78,6 +80,7 @@ def test_each_command_hands_its_arguments_to_its_module(command, module, expecte
 @pytest.mark.parametrize("command, option", [
     ("build", "--no-run"), ("hinton", "--seeds"), ("bench", "--cases"), ("check", "--solutions"),
     ("divergences", "--scan"), ("sequence-kd", "--evaluate-on"), ("on-policy", "--scan"),
+    ("families", "--regimes"), ("schemes", "--scan"),
     ("site", "--out"), ("handout", "--repository"),
 ])
 def test_a_commands_help_is_its_modules_help_named_as_typed(command, option, capsys):

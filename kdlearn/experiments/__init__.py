@@ -4,6 +4,10 @@
                                                  from scratch, small net distilled (lessons 02, 03)
     python -m kdlearn.experiments.hinton_tuning  how hinton's digits settings were chosen: a scan on
                                                  the validation split, shipped as hinton_tuning.json
+    python -m kdlearn.experiments.families       response, feature (hints, attention, cosine) and relation (RKD)
+                                                 distillation of one CNN student, all labels and 3 a class (lesson 06)
+    python -m kdlearn.experiments.schemes        who teaches whom: born-again, be your own teacher, mutual learning,
+                                                 an ensemble of teachers, a teacher-assistant chain (lesson 07)
     python -m kdlearn.experiments.train_teachers the language-model teachers of kdlearn.teachers
     python -m kdlearn.experiments.divergences    forward KL, reverse KL and JSD(beta), token by token: precision
                                                  and recall of students of the any_order teacher (lesson 08)
