@@ -17,8 +17,17 @@
                                                  at equal updates and equal wall time (lesson 10)
 """
 
+import argparse
 import json
 from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (seeds, epochs, steps)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def read_scan(path: str | Path, command: str) -> dict:

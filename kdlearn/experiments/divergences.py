@@ -73,7 +73,7 @@ from tqdm.auto import tqdm
 
 from kdlearn import _validation as check
 from kdlearn import distill, lm, tasks, teachers
-from kdlearn.experiments.hinton import positive_int
+from kdlearn.experiments import positive_int
 
 DIVERGENCES = ("forward", "reverse", "jsd")
 METRICS = ("valid", "distinct", "teacher_nll", "student_nll")

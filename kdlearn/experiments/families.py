@@ -62,7 +62,7 @@ from tqdm.auto import tqdm
 
 from kdlearn import _validation as check
 from kdlearn import data, features, models, training
-from kdlearn.experiments import read_scan
+from kdlearn.experiments import positive_int, read_scan
 from kdlearn.losses import kd_loss
 
 METHODS = ("scratch", "response_kd", "hints", "attention", "cosine", "rkd")
@@ -412,13 +412,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m kdlearn.experimen
         description="Response, feature and relation distillation of one CNN student from one CNN teacher, "
                     "with all labels and with 3 labels a class: test errors, mean ± std over seeds. "
                     "The weights were chosen on the validation split (--scan).")
-    parser.add_argument("--seeds", type=_positive_int, default=len(Settings().seeds),
+    parser.add_argument("--seeds", type=positive_int, default=len(Settings().seeds),
                         help="how many seeds, 0 .. N-1 (default 3)")
     parser.add_argument("--regimes", nargs="+", choices=REGIMES, default=list(REGIMES),
                         help="full: all labels; few: 3 labelled digits a class (default: both)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="which methods (default: all)")
-    parser.add_argument("--epochs", type=_positive_int,
+    parser.add_argument("--epochs", type=positive_int,
                         help="the students' epochs in every regime (default: 30 with full labels, 150 with few)")
     parser.add_argument("--evaluate-on", choices=EVALUATION_SPLITS, default="test",
                         help="count errors on the test split (default) or the validation split")
@@ -450,13 +450,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m kdlearn.experimen
                   progress=not args.quiet)
     print(json.dumps(results.to_json(), indent=2) if args.json else format_table(results))
     return 0
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ from tqdm.auto import tqdm
 
 from kdlearn import _validation as check
 from kdlearn import data, models, training
+from kdlearn.experiments import positive_int
 
 MODELS = ("teacher", "scratch", "distilled")
 # Where run counts errors: the test split for the figures reported, the validation split for choosing.
@@ -338,14 +339,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m kdlearn.experimen
         parser.error(str(error))
     print(json.dumps(results.to_json(), indent=2) if args.json else format_table(results))
     return 0
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (seeds, epochs)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 if __name__ == "__main__":

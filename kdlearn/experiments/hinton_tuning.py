@@ -47,7 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kdlearn import data, training
-from kdlearn.experiments import hinton
+from kdlearn.experiments import hinton, positive_int
 
 # The settings before this scan (chosen then by looking at test errors): its starting point.
 START = hinton.Settings(teacher_lr=3e-3, teacher_dropout=0.5, teacher_epochs=60, scratch_lr=5e-2, scratch_epochs=50,
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m kdlearn.experimen
         description="Choose the Hinton experiment's digits settings on the validation split, stage by stage "
                     "(coordinate-wise), and print every configuration's validation errors. "
                     "No test image is used.")
-    parser.add_argument("--seeds", type=hinton.positive_int, default=DEFAULT_SEEDS,
+    parser.add_argument("--seeds", type=positive_int, default=DEFAULT_SEEDS,
                         help=f"seeds per configuration, {FIRST_SEED} .. {FIRST_SEED} + N - 1 (default {DEFAULT_SEEDS})")
     parser.add_argument("--out", type=Path,
                         help="also write the scan as JSON to this file (the shipped one: "

@@ -68,8 +68,7 @@ from tqdm.auto import tqdm
 
 from kdlearn import distill, lm, tasks, teachers
 from kdlearn import _validation as check
-from kdlearn.experiments import read_scan
-from kdlearn.experiments.hinton import positive_int
+from kdlearn.experiments import positive_int, read_scan
 
 # The three methods and their lmbda: the share of batches the student writes itself.
 METHODS = {"off_policy": 0.0, "on_policy": 1.0, "mixed": 0.5}

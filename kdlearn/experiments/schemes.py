@@ -60,7 +60,8 @@ from tqdm.auto import tqdm
 from kdlearn import _validation as check
 from kdlearn import data, models, schemes, training
 from kdlearn.experiments import read_scan
-from kdlearn.experiments.hinton import EVALUATION_SPLITS, evaluation_split, positive_int
+from kdlearn.experiments import positive_int
+from kdlearn.experiments.hinton import EVALUATION_SPLITS, evaluation_split
 
 METHODS = ("scratch", "response_kd", "born_again", "byot", "mutual", "multi_teacher", "ta_chain")
 REFERENCES = ("teacher", "assistant", "ensemble")

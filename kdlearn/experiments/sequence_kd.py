@@ -58,8 +58,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kdlearn import distill, lm, teachers
-from kdlearn.experiments import read_scan
-from kdlearn.experiments.hinton import positive_int
+from kdlearn.experiments import positive_int, read_scan
 
 METHODS = ("hard_labels", "word_kd", "sequence_kd", "sequence_kd_plus_word_kd", "sampled_filtered")
 # What each method trains on ("original", "greedy" or "sampled" completions), and whether its loss
