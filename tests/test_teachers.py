@@ -133,7 +133,8 @@ def test_the_script_writes_a_loadable_teacher_of_each_kind_with_its_figures(trai
         m = teacher.metadata
         assert m["settings"] == {**vars(settings), "steps": 5, "width": 16, "examples": 200}
         assert teacher.model.config.width == 16 and m["parameters"] == teacher.model.num_parameters()
-        assert m["training_seconds"] > 0
+        # recorded to a tenth of a second, so 5 tiny steps may well round to 0.0
+        assert isinstance(m["training_seconds"], float) and m["training_seconds"] >= 0
         # the figures are those of the weights written
         assert m["test_accuracy"] == round(teacher.task.accuracy(teacher.model, teacher.tokenizer), 4)
         if isinstance(teacher.task, tasks.AnyOrder):
