@@ -135,6 +135,10 @@ class Task:
         raise ValueError(f"{self.describe()} has {'no' if not found else 'too few'} {split} examples for {n}: "
                          "its instance space is too small for the split shares; use a larger task")
 
+    def pairs(self, split: str, n: int | None = None, seed: int = 0) -> list[tuple[str, str]]:
+        """(prompt, completion) texts of ``examples(split, n, seed)``: what a model is trained on."""
+        return [(e.prompt, self.completion(e)) for e in self.examples(split, n, seed=seed)]
+
     def completion(self, example: Example) -> str:
         """What a model learns to write after the prompt: the answer, after the rationale if the task has one."""
         return f"{example.rationale}{RATIONALE_END}{example.answer}" if self.rationale else example.answer

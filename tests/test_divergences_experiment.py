@@ -103,7 +103,7 @@ def test_the_students_of_a_seed_share_their_start_and_differ_by_divergence(teach
     settings = dataclasses.replace(TINY, seeds=(0,))
     results = divergences.run(settings, progress=False)
     start = divergences.new_student(settings, teacher.model, 0)
-    data = divergences.training_data(teacher.task, settings.examples)
+    data = teacher.task.pairs("train", settings.examples)
     distill.train(start, teacher.tokenizer, data, steps=settings.warm_start_steps, lr=settings.lr, seed=0,
                   progress=False)
     examples = divergences.evaluation_examples(teacher.task, "test", settings.prompts)
@@ -120,7 +120,7 @@ def test_measure_agrees_with_counts_made_here_from_the_same_samples(teacher):
     ordering, NLLs by running the models on each sequence and adding log-probabilities by hand."""
     task, tokenizer, model = teacher.task, teacher.tokenizer, teacher.model
     student = divergences.new_student(TINY, model, seed=3)
-    data = divergences.training_data(task, 64)
+    data = task.pairs("train", 64)
     distill.train(student, tokenizer, data, steps=20, lr=3e-2, seed=0, progress=False)
     examples = task.examples("test")[:3]
     k, seed = 4, 7

@@ -322,3 +322,10 @@ def test_accuracy_passes_generate_options_and_stays_in_the_unit_interval(damaged
     assert sampled == task.accuracy(model, tokenizer, examples, temperature=1.0, seed=3)
     with pytest.raises(ValueError, match="examples is empty"):
         task.accuracy(model, tokenizer, [])
+
+
+@pytest.mark.parametrize("task", [AnyOrder(4), Addition(3, rationale=True)], ids=["any_order", "addition"])
+def test_pairs_are_the_examples_prompts_and_completions(task):
+    examples = task.examples("train", 20, seed=3)
+    assert task.pairs("train", 20, seed=3) == [(e.prompt, task.completion(e)) for e in examples]
+    assert task.pairs("validation") == [(e.prompt, task.completion(e)) for e in task.examples("validation")]

@@ -175,12 +175,6 @@ class Results:
                 for name in DIVERGENCES}
 
 
-def training_data(task: tasks.Task, examples: int, seed: int = 0) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs of the task's training split; for AnyOrder each completion is
-    one ordering of the prompt's digits, drawn at random."""
-    return [(e.prompt, task.completion(e)) for e in task.examples("train", examples, seed=seed)]
-
-
 def new_student(settings: Settings, teacher: lm.GPT, seed: int) -> lm.GPT:
     """The settings' untrained student of the teacher, its weights drawn from seed."""
     return distill.new_student(teacher, width=settings.width, depth=settings.depth, heads=settings.heads, seed=seed)
@@ -232,7 +226,7 @@ def run(settings: Settings | None = None, *, evaluate_on: str = "test", progress
     check.check_choice("evaluate_on", evaluate_on, EVALUATION_SPLITS)
     teacher = teachers.load("any_order")
     task, tokenizer = teacher.task, teacher.tokenizer
-    data = training_data(task, settings.examples)
+    data = task.pairs("train", settings.examples)
     examples = evaluation_examples(task, evaluate_on, settings.prompts)
     packed = lm.pack([tokenizer.encode_prompt(p) for p, _ in data], [tokenizer.encode_completion(c) for _, c in data])
     cache = distill.CachedTeacher(teacher.model, tokenizer.pad_id, packed.input_ids)

@@ -257,11 +257,6 @@ class Results:
 # --- the pieces ---------------------------------------------------------------------------------------
 
 
-def training_pairs(task: tasks.Task, n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """n (prompt, completion) texts from the task's training split: the off-policy data."""
-    return [(e.prompt, task.completion(e)) for e in task.examples("train", n, seed=seed)]
-
-
 def supervised_start(teacher: teachers.Teacher, settings: Settings, data: list[tuple[str, str]]) -> lm.GPT:
     """The student every run starts from: initial weights from settings.start_seed, then
     settings.start_steps updates of cross-entropy on the data (no teacher)."""
@@ -379,7 +374,7 @@ def run(settings: Settings | None = None, *, evaluate_on: str = "test", equal_ti
     settings = settings or Settings()
     check.check_choice("evaluate_on", evaluate_on, EVALUATION_SPLITS)
     teacher = teachers.load(settings.teacher)
-    data = training_pairs(teacher.task, settings.examples)
+    data = teacher.task.pairs("train", settings.examples)
     evaluation = teacher.task.examples(evaluate_on)
     results = Results(settings, evaluate_on)
     sampling = [m for m in METHODS if METHODS[m] > 0]
@@ -472,7 +467,7 @@ def scan(base: Settings | None = None, progress: bool = True) -> dict:
     gives the same scan whatever their defaults are now."""
     base = base or Settings(seeds=SCAN_SEEDS)
     teacher = teachers.load(base.teacher)
-    data = training_pairs(teacher.task, base.examples)
+    data = teacher.task.pairs("train", base.examples)
     validation = teacher.task.examples("validation")
     bar = tqdm(desc="scan", unit="student", disable=not progress, leave=False)
     result: dict = {"split": "validation", "seeds": list(base.seeds)}
@@ -533,7 +528,7 @@ def scan(base: Settings | None = None, progress: bool = True) -> dict:
     result["lmbda"] = [{"lmbda": lmbda, **measure(choices["mixed"], lmbda, steps)} for lmbda in SCAN_GRID["lmbda"]]
 
     addition = teachers.load("addition")
-    pairs, evaluation = training_pairs(addition.task, base.examples), addition.task.examples("validation")
+    pairs, evaluation = addition.task.pairs("train", base.examples), addition.task.examples("validation")
     on_addition = dataclasses.replace(base, teacher="addition")
     result["addition"] = {
         "starts": [{"width": w, "start_steps": base.start_steps,

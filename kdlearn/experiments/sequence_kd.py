@@ -155,13 +155,13 @@ def write_transfer_sets(teacher: teachers.Teacher, settings: Settings, seed: int
     kept: the share of each source's completions that it keeps ("original" and "greedy" keep all;
     for "greedy" it is the share the verifier would accept, for information)."""
     task, model, tokenizer = teacher.task, teacher.model, teacher.tokenizer
-    examples = task.examples("train", settings.prompts, seed=seed)
-    prompts = [e.prompt for e in examples]
+    pairs = task.pairs("train", settings.prompts, seed=seed)
+    prompts = [p for p, _ in pairs]
     max_new_tokens = task.max_completion_length + 1
     needed = {SOURCE[m] for m in settings.methods}
     data, kept = {}, {}
     if "original" in needed:
-        data["original"], kept["original"] = [(e.prompt, task.completion(e)) for e in examples], 1.0
+        data["original"], kept["original"] = pairs, 1.0
     if "greedy" in needed:
         greedy = distill.write_transfer_set(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
         data["greedy"] = greedy.examples

@@ -78,7 +78,7 @@ def train_teacher(settings: TeacherSettings, progress: bool = True) -> tuple[lm.
     config = lm.GPTConfig(vocab_size=tokenizer.vocab_size, context=settings.context, width=settings.width,
                           depth=settings.depth, heads=settings.heads)
     model = lm.GPT(config, seed=settings.seed)
-    data = [(e.prompt, task.completion(e)) for e in task.examples("train", settings.examples, seed=settings.seed)]
+    data = task.pairs("train", settings.examples, seed=settings.seed)
     started = time.perf_counter()
     distill.train(model, tokenizer, data, steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
                   seed=settings.seed, progress=progress)
