@@ -5,6 +5,7 @@ the tuning module itself on a tiny grid."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import statistics
@@ -261,3 +262,12 @@ def test_tuning_command_line_writes_a_scan_that_load_reads(monkeypatch, tmp_path
     scan = hinton_tuning.load(out)
     assert scan["seeds"] == [hinton_tuning.FIRST_SEED] and "scratch epochs" in printed
     assert hinton_tuning.format_scan(scan) in printed
+
+
+def test_the_experiments_shared_helpers():
+    from kdlearn.experiments import positive_int, seed_std
+    assert seed_std([1.0, 2.0, 3.0]) == 1.0 and seed_std(iter([4.0, 8.0])) == pytest.approx(2 ** 1.5)
+    assert seed_std([5.0]) == 0.0
+    assert positive_int("3") == 3
+    with pytest.raises(argparse.ArgumentTypeError, match="positive integer, got 0"):
+        positive_int("0")

@@ -19,6 +19,7 @@
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 
@@ -28,6 +29,12 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def seed_std(values) -> float:
+    """The sample standard deviation of a figure over seeds; 0 for a single seed, which has no spread."""
+    values = list(values)
+    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def read_scan(path: str | Path, command: str) -> dict:

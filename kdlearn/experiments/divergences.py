@@ -73,7 +73,7 @@ from tqdm.auto import tqdm
 
 from kdlearn import _validation as check
 from kdlearn import distill, lm, tasks, teachers
-from kdlearn.experiments import positive_int
+from kdlearn.experiments import positive_int, seed_std
 
 DIVERGENCES = ("forward", "reverse", "jsd")
 METRICS = ("valid", "distinct", "teacher_nll", "student_nll")
@@ -166,7 +166,7 @@ class Results:
     def std(self, name: str, metric: str) -> float:
         """The sample standard deviation over seeds (0 for a single seed)."""
         values = self.values(name, metric)
-        return statistics.stdev(values) if len(values) > 1 else 0.0
+        return seed_std(values)
 
     def to_json(self) -> dict:
         """{divergence: {metric: mean over seeds, ..., "std": {metric: std}}} for each divergence."""
@@ -314,7 +314,7 @@ def format_scan(records: list[dict]) -> str:
              + "  ".join(f"{metric:>13}" for metric in METRICS)]
     for r in records:
         student = f"{r['width']}x{r['depth']} ({r['parameters']:,})"
-        cells = [f"{statistics.fmean(r[m]):6.3f}±{statistics.stdev(r[m]) if len(r[m]) > 1 else 0.0:5.3f}"
+        cells = [f"{statistics.fmean(r[m]):6.3f}±{seed_std(r[m]):5.3f}"
                  for m in METRICS]
         lines.append(f"{student:>16} {r['warm_start_steps']:4d} {r['lr']:6.0e} {r['steps']:5d} {r['divergence']:>10} "
                      f"{r['objective']:9.4f}  " + "  ".join(f"{cell:>13}" for cell in cells))

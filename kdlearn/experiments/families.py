@@ -62,7 +62,7 @@ from tqdm.auto import tqdm
 
 from kdlearn import _validation as check
 from kdlearn import data, features, models, training
-from kdlearn.experiments import positive_int, read_scan
+from kdlearn.experiments import positive_int, read_scan, seed_std
 from kdlearn.losses import kd_loss
 
 METHODS = ("scratch", "response_kd", "hints", "attention", "cosine", "rkd")
@@ -136,7 +136,7 @@ class Results:
     def std(self, regime: str, method: str) -> float:
         """The sample standard deviation over seeds (0 for a single seed)."""
         values = self.errors[regime][method]
-        return statistics.stdev(values) if len(values) > 1 else 0.0
+        return seed_std(values)
 
     def mean_curve(self, regime: str, method: str) -> list[float]:
         """The errors after each epoch, averaged over the seeds."""

@@ -60,7 +60,7 @@ from tqdm.auto import tqdm
 
 from kdlearn import _validation as check
 from kdlearn import data, models, training
-from kdlearn.experiments import positive_int
+from kdlearn.experiments import positive_int, seed_std
 
 MODELS = ("teacher", "scratch", "distilled")
 # Where run counts errors: the test split for the figures reported, the validation split for choosing.
@@ -136,7 +136,7 @@ class Results:
 
     def std(self, name: str) -> float:
         """The sample standard deviation over seeds (0 for a single seed)."""
-        return statistics.stdev(self.errors[name]) if len(self.errors[name]) > 1 else 0.0
+        return seed_std(self.errors[name])
 
     def percent(self, name: str) -> float:
         return 100.0 * self.mean(name) / self.test_size

@@ -47,7 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kdlearn import data, training
-from kdlearn.experiments import hinton, positive_int
+from kdlearn.experiments import hinton, positive_int, seed_std
 
 # The settings before this scan (chosen then by looking at test errors): its starting point.
 START = hinton.Settings(teacher_lr=3e-3, teacher_dropout=0.5, teacher_epochs=60, scratch_lr=5e-2, scratch_epochs=50,
@@ -245,7 +245,7 @@ def _student_part(settings: hinton.Settings, start: hinton.Settings) -> hinton.S
 
 def _summary(errors: list[int]) -> dict:
     return {"errors": errors, "mean": statistics.fmean(errors),
-            "std": statistics.stdev(errors) if len(errors) > 1 else 0.0}
+            "std": seed_std(errors)}
 
 
 def _json_settings(settings: hinton.Settings, exclude: set[str]) -> dict:

@@ -68,7 +68,7 @@ from tqdm.auto import tqdm
 
 from kdlearn import distill, lm, tasks, teachers
 from kdlearn import _validation as check
-from kdlearn.experiments import positive_int, read_scan
+from kdlearn.experiments import positive_int, read_scan, seed_std
 
 # The three methods and their lmbda: the share of batches the student writes itself.
 METHODS = {"off_policy": 0.0, "on_policy": 1.0, "mixed": 0.5}
@@ -207,7 +207,7 @@ class Results:
 
     def std(self, method: str, budget: str = "updates") -> float:
         """The sample standard deviation of exact over the seeds (0 for a single seed)."""
-        return _std(self.exact(method, budget))
+        return seed_std(self.exact(method, budget))
 
     def position_errors(self, method: str, prefix: str = "own") -> list[float]:
         """The error rate at each answer position, averaged over the seeds' students (equal updates)."""
@@ -412,10 +412,6 @@ def run(settings: Settings | None = None, *, evaluate_on: str = "test", equal_ti
                 bar.update()
     bar.close()
     return results
-
-
-def _std(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def _column_means(rows: list[list[float]]) -> list[float]:

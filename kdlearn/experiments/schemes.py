@@ -59,8 +59,7 @@ from tqdm.auto import tqdm
 
 from kdlearn import _validation as check
 from kdlearn import data, models, schemes, training
-from kdlearn.experiments import read_scan
-from kdlearn.experiments import positive_int
+from kdlearn.experiments import positive_int, read_scan, seed_std
 from kdlearn.experiments.hinton import EVALUATION_SPLITS, evaluation_split
 
 METHODS = ("scratch", "response_kd", "born_again", "byot", "mutual", "multi_teacher", "ta_chain")
@@ -115,7 +114,7 @@ class Results:
 
     def std(self, name: str) -> float:
         """The sample standard deviation over seeds (0 for one seed)."""
-        return statistics.stdev(self.errors[name]) if len(self.errors[name]) > 1 else 0.0
+        return seed_std(self.errors[name])
 
     def names(self) -> list[str]:
         """Methods first, then the generations, then the reference nets."""
@@ -342,7 +341,7 @@ def scan(dataset: data.Dataset | None = None, seeds: tuple[int, ...] = SCAN_SEED
                          evaluate_on="validation", methods=(method,))
             errors = result.errors[method]
             configurations.append({"values": chosen, "errors": errors, "mean": statistics.fmean(errors),
-                                   "std": statistics.stdev(errors) if len(errors) > 1 else 0.0})
+                                   "std": seed_std(errors)})
         best = min(range(len(configurations)), key=lambda i: (configurations[i]["mean"], i))
         stages.append({"name": name, "measures": method, "grid": {k: list(v) for k, v in grid.items()},
                        "configurations": configurations, "chosen": configurations[best]["values"]})

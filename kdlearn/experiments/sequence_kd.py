@@ -58,7 +58,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kdlearn import distill, lm, teachers
-from kdlearn.experiments import positive_int, read_scan
+from kdlearn.experiments import positive_int, read_scan, seed_std
 
 METHODS = ("hard_labels", "word_kd", "sequence_kd", "sequence_kd_plus_word_kd", "sampled_filtered")
 # What each method trains on ("original", "greedy" or "sampled" completions), and whether its loss
@@ -231,7 +231,7 @@ class Results:
 
     def std(self, method: str) -> float:
         values = self.accuracy[method]
-        return statistics.stdev(values) if len(values) > 1 else 0.0
+        return seed_std(values)
 
     def to_json(self) -> dict:
         """The mean accuracy per method, in METHODS' order."""
@@ -326,7 +326,7 @@ BUDGET_NOTE = ("for information, not a choice: the chosen student trained for ot
 
 def _summary(values: list[float]) -> dict:
     return {"accuracy": [round(v, 4) for v in values], "mean": round(statistics.fmean(values), 4),
-            "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
+            "std": round(seed_std(values), 4)}
 
 
 def _best(grid, accuracy: dict, key) -> object:
